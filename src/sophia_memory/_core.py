@@ -1,0 +1,513 @@
+"""The engine behind :class:`~sophia_memory.Memory`: tier slots, the read and write paths,
+promotion, spill and background work. Everything here works on *full* keys (namespace
+prefix included); :mod:`sophia_memory.memory` validates user input and builds those keys.
+
+Consistency rests on three things:
+
+* **Striped key locks.** Every write to a key (put, delete, spill, promotion) holds the
+  ``asyncio.Lock`` of the key's stripe, so writes to one key are applied in order.
+* **Write generations.** A writer bumps its stripe's generation to odd before it changes
+  anything and back to even afterwards. A read notes the generation before it looks; the
+  promotion it schedules installs a copy only if the generation is unchanged (and even) once
+  it holds the lock. So promotion never installs a value older than a concurrent put's.
+* **The spill buffer.** An item evicted from an in-process tier on its way to a slower tier
+  stays readable in the buffer until the slower tier has it, so nothing is invisible in
+  transit; a later put or delete of the key supersedes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from .backends import Backend, Evicting, ObjectStore, Purging, Remote, open_backend
+from .backends.hostpool import is_pool_value
+from .clock import Clock
+from .codecs import Codec, codec_from_name
+from .config import MemoryConfig
+from .errors import (BackendError, ConfigError, SophiaMemoryError, TierUnavailableError,
+                     ValueTooLargeError)
+from .tiers import Record, Tier
+from ._support import CircuitBreaker, TierStats
+
+log = logging.getLogger("sophia_memory")
+
+STRIPES = 4096
+MASK = STRIPES - 1
+_ARRAY_HITS_MAX = 10_000
+
+
+def close_now(backend: Backend) -> None:
+    """Run ``backend.close()`` to completion without an event loop (for failed opens); the
+    built-in backends close without suspending."""
+    coro = backend.close()
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    except Exception as exc:
+        log.debug("closing %s failed: %s", backend.describe(), exc)
+    coro.close()
+
+
+class Slot:
+    """One enabled tier: its backend, abilities, breaker and counters."""
+
+    __slots__ = ("backend", "breaker", "discard", "fits", "index", "obj", "peek", "pop_nowait",
+                 "put_nowait", "stats", "tier", "timeout")
+
+    def __init__(self, tier: Tier, backend: Backend, index: int, breaker: CircuitBreaker,
+                 timeout: float | None) -> None:
+        self.tier = tier
+        self.backend = backend
+        self.index = index
+        self.obj = isinstance(backend, ObjectStore)
+        b: Any = backend
+        self.peek = b.peek if self.obj else None
+        self.put_nowait = b.put_nowait if self.obj else None
+        self.pop_nowait = b.pop_nowait if self.obj else None
+        self.discard = b.discard if self.obj else None
+        self.fits = b.fits if self.obj else None
+        self.breaker = breaker
+        self.timeout = timeout
+        self.stats = TierStats()
+
+
+class Core:
+    """State shared by a memory and all its namespace views."""
+
+    def __init__(self, config: MemoryConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.now = clock.time
+        self.codec: Codec = codec_from_name(config.codec, config.signing_key)
+        self.closed = False
+        self.slots: list[Slot] = []
+        self.by_tier: dict[Tier, Slot] = {}
+        self.unavailable: dict[Tier, str] = {}
+        try:
+            self._open_backends()
+        except BaseException:
+            for slot in self.slots:
+                close_now(slot.backend)
+            raise
+        self.fast = tuple((s.peek, s.stats) for s in self.slots if s.obj)
+        self.locks = [asyncio.Lock() for _ in range(STRIPES)]
+        self.gens = [0] * STRIPES
+        self.spilling: dict[str, tuple[Any, Record, Slot]] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.promo_queue: asyncio.Queue[tuple[str, Any, Record, Slot, list[Slot], int]] | None = None
+        self.promoter: asyncio.Task[None] | None = None
+        self.promotions_dropped = 0
+        self.array_hits: OrderedDict[str, int] = OrderedDict()
+        self.inflight: dict[str, asyncio.Future[Any]] = {}
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def _open_backends(self) -> None:
+        cfg = self.config
+        for tier in Tier:
+            url = cfg.url_for(tier)
+            if url is None:
+                self.unavailable[tier] = ("not built yet in this version" if tier is Tier.VECTOR
+                                          and tier not in cfg.tiers else "switched off")
+                continue
+            backend = open_backend(url, tier, cfg)
+            timeout = cfg.call_timeout if isinstance(backend, Remote) else None
+            breaker = CircuitBreaker(cfg.breaker_threshold, cfg.breaker_reset, self.now)
+            slot = Slot(tier, backend, len(self.slots), breaker, timeout)
+            if slot.obj and any(not s.obj for s in self.slots):
+                raise ConfigError(f"{tier}: an in-process backend cannot sit below a slower one")
+            self.slots.append(slot)
+            self.by_tier[tier] = slot
+            if isinstance(backend, Evicting):
+                backend.set_eviction_listener(self._evict_listener(slot))
+        if not self.slots:
+            raise ConfigError("every tier is switched off")
+
+    def slot(self, tier: Tier) -> Slot:
+        slot = self.by_tier.get(tier)
+        if slot is None:
+            raise TierUnavailableError(tier, self.unavailable.get(tier, "switched off"))
+        return slot
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise SophiaMemoryError("this Memory is closed")
+
+    # -- guarded backend calls ----------------------------------------------------------------
+
+    async def call(self, slot: Slot, method: str, *args: Any) -> Any:
+        """Call a backend method through the tier's breaker (and timeout, for remote tiers);
+        failures come out as TierUnavailableError."""
+        breaker = slot.breaker
+        if not breaker.allow():
+            raise TierUnavailableError(slot.tier, "circuit breaker open after repeated failures")
+        try:
+            coro = getattr(slot.backend, method)(*args)
+            result = await (asyncio.wait_for(coro, slot.timeout) if slot.timeout else coro)
+        except TimeoutError as exc:
+            breaker.failure()
+            slot.stats.errors += 1
+            raise TierUnavailableError(slot.tier, f"timed out after {slot.timeout}s") from exc
+        except (BackendError, TierUnavailableError, OSError) as exc:
+            breaker.failure()
+            slot.stats.errors += 1
+            raise TierUnavailableError(slot.tier, str(exc)) from exc
+        breaker.success()
+        return result
+
+    # -- payload conversion ---------------------------------------------------------------------
+
+    def payload_for(self, slot: Slot, value: Any, src: Record | None = None,
+                    src_obj: bool = True) -> tuple[Any, int]:
+        """The payload and size to store ``value`` in ``slot``."""
+        if slot.obj:
+            size = src.size if src is not None else self.codec.measure(value)
+            return value, size
+        if src is not None and not src_obj:
+            return src.payload, src.size
+        data = self.codec.encode(value)
+        return data, len(data)
+
+    def decode(self, slot: Slot, rec: Record) -> Any:
+        return rec.payload if slot.obj else self.codec.decode(rec.payload)
+
+    # -- read path -----------------------------------------------------------------------------
+
+    async def lookup(self, key: str, promote: bool = True) -> tuple[Record, Any, Slot] | None:
+        """Search every tier in order; the first live hit with its value and slot."""
+        self.check_open()
+        gen0 = self.gens[hash(key) & MASK]
+        now = self.now()
+        fast_done = False
+        for slot in self.slots:
+            st = slot.stats
+            t0 = time.perf_counter()
+            if slot.obj:
+                rec = slot.peek(key)  # type: ignore[misc]
+            else:
+                if not fast_done:
+                    fast_done = True
+                    pending = self.spilling.get(key)
+                    if pending is not None and not pending[1].expired(now):
+                        return pending[1], pending[0], pending[2]
+                try:
+                    rec = await self.call(slot, "get", key, now)
+                except TierUnavailableError:
+                    continue  # a failing tier reads as a miss
+            if rec is None or rec.expired(now):
+                if rec is not None and slot.obj:
+                    slot.discard(key, rec)  # type: ignore[misc]
+                st.misses += 1
+                st.latencies.append(time.perf_counter() - t0)
+                continue
+            value = self.decode(slot, rec)
+            st.hits += 1
+            st.latencies.append(time.perf_counter() - t0)
+            if promote and slot.index > 0 and self.config.promote and not gen0 & 1:
+                self.schedule_promotion(key, value, rec, slot, gen0)
+            return rec, value, slot
+        if not fast_done:
+            pending = self.spilling.get(key)
+            if pending is not None and not pending[1].expired(now):
+                return pending[1], pending[0], pending[2]
+        return None
+
+    async def lookup_many(self, keys: list[str]) -> dict[str, Any]:
+        """Values for the keys found, searching each tier once for all remaining keys."""
+        self.check_open()
+        now = self.now()
+        gens = {k: self.gens[hash(k) & MASK] for k in keys}
+        found: dict[str, Any] = {}
+        remaining = list(dict.fromkeys(keys))
+        fast_done = False
+        for slot in self.slots:
+            if not remaining:
+                break
+            if not slot.obj and not fast_done:
+                fast_done = True
+                remaining = self._from_spill_buffer(remaining, found, now)
+            t0 = time.perf_counter()
+            if slot.obj:
+                hits = {k: r for k in remaining if (r := slot.peek(k)) is not None}  # type: ignore[misc]
+            else:
+                try:
+                    hits = await self.call(slot, "get_many", remaining, now)
+                except TierUnavailableError:
+                    continue
+            slot.stats.latencies.append(time.perf_counter() - t0)
+            for k, rec in hits.items():
+                if rec.expired(now):
+                    continue
+                value = self.decode(slot, rec)
+                found[k] = value
+                slot.stats.hits += 1
+                if slot.index > 0 and self.config.promote and not gens[k] & 1:
+                    self.schedule_promotion(k, value, rec, slot, gens[k])
+            slot.stats.misses += len(remaining) - len(hits)
+            remaining = [k for k in remaining if k not in found]
+        if not fast_done:
+            self._from_spill_buffer(remaining, found, now)
+        return found
+
+    def _from_spill_buffer(self, keys: list[str], found: dict[str, Any], now: float) -> list[str]:
+        rest = []
+        for k in keys:
+            pending = self.spilling.get(k)
+            if pending is not None and not pending[1].expired(now):
+                found[k] = pending[0]
+            else:
+                rest.append(k)
+        return rest
+
+    # -- promotion -----------------------------------------------------------------------------
+
+    def promotion_targets(self, key: str, value: Any, found: Slot) -> list[Slot]:
+        """Default policy: always into SESSION; into GPU for arrays that fit, on the 2nd hit."""
+        targets = []
+        gpu = self.by_tier.get(Tier.GPU)
+        if gpu is not None and gpu.index < found.index and is_pool_value(value):
+            hits = self.array_hits.pop(key, 0) + 1
+            self.array_hits[key] = hits
+            if len(self.array_hits) > _ARRAY_HITS_MAX:
+                self.array_hits.popitem(last=False)
+            if hits >= 2:
+                targets.append(gpu)
+        session = self.by_tier.get(Tier.SESSION)
+        if session is not None and session.index < found.index:
+            targets.append(session)
+        return targets
+
+    def schedule_promotion(self, key: str, value: Any, rec: Record, found: Slot,
+                           gen0: int) -> None:
+        targets = self.promotion_targets(key, value, found)
+        if not targets:
+            return
+        if self.promo_queue is None:
+            self.promo_queue = asyncio.Queue(self.config.promotion_queue)
+        if self.promoter is None or self.promoter.done():
+            self.promoter = asyncio.get_running_loop().create_task(self._promote_loop())
+        try:
+            self.promo_queue.put_nowait((key, value, rec, found, targets, gen0))
+        except asyncio.QueueFull:
+            self.promotions_dropped += 1
+
+    async def _promote_loop(self) -> None:
+        queue = self.promo_queue
+        assert queue is not None
+        while True:
+            key, value, src, found, targets, gen0 = await queue.get()
+            try:
+                await self._promote(key, value, src, found.obj, targets, gen0)
+            except Exception as exc:  # a failed promotion only costs a future hit
+                log.debug("promotion of %r failed: %s", key, exc)
+            finally:
+                queue.task_done()
+
+    async def _promote(self, key: str, value: Any, src: Record, src_obj: bool,
+                       targets: list[Slot], gen0: int) -> None:
+        stripe = hash(key) & MASK
+        async with self.locks[stripe]:
+            if self.gens[stripe] != gen0:
+                return  # a write to this stripe happened since the read: the value may be old
+            for slot in targets:
+                if src.expired(self.now()):
+                    return
+                if slot.obj and slot.tier is Tier.GPU and not slot.fits(src.size):  # type: ignore[misc]
+                    continue
+                payload, size = self.payload_for(slot, value, src, src_obj)
+                copy = Record(payload, src.expires_at, False, size, src.version,
+                              src.created_at, dict(src.extra))
+                if slot.obj:
+                    try:
+                        slot.put_nowait(key, copy)  # type: ignore[misc]
+                    except ValueTooLargeError:
+                        continue
+                else:
+                    await self.call(slot, "put", key, copy)
+                slot.stats.promotions += 1
+
+    # -- eviction and spill --------------------------------------------------------------------
+
+    def spill_target(self, slot: Slot) -> Slot | None:
+        if slot.tier in self.config.cache_only:
+            return None
+        nxt = slot.index + 1
+        return self.slots[nxt] if nxt < len(self.slots) else None
+
+    def _evict_listener(self, slot: Slot) -> Any:
+        def on_evict(key: str, rec: Record) -> None:
+            self.on_evict(slot, key, rec)
+        return on_evict
+
+    def on_evict(self, slot: Slot, key: str, rec: Record) -> None:
+        """An in-process tier evicted ``rec``: drop a copy, spill a home item downwards."""
+        if not rec.home or rec.expired(self.now()):
+            return
+        target = self.spill_target(slot)
+        if target is None:
+            slot.stats.spills_dropped += 1
+            return
+        slot.stats.spills += 1
+        if target.obj:
+            payload, size = self.payload_for(target, rec.payload, rec, True)
+            moved = Record(payload, rec.expires_at, True, size, rec.version, rec.created_at,
+                           rec.extra)
+            try:
+                target.put_nowait(key, moved)  # type: ignore[misc]
+                return
+            except ValueTooLargeError:
+                target = self.spill_target(target)
+                if target is None:
+                    slot.stats.spills_dropped += 1
+                    return
+        entry = (rec.payload, rec, target)
+        self.spilling[key] = entry
+        self.spawn(self._spill(key, entry))
+
+    async def _spill(self, key: str, entry: tuple[Any, Record, Slot]) -> None:
+        value, rec, target = entry
+        async with self.locks[hash(key) & MASK]:
+            if self.spilling.get(key) is not entry:
+                return  # superseded by a put or delete
+            payload, size = self.payload_for(target, value)
+            moved = Record(payload, rec.expires_at, True, size, rec.version, rec.created_at,
+                           rec.extra)
+            try:
+                await self.call(target, "put", key, moved)
+            except SophiaMemoryError as exc:
+                log.warning("spill of %r to %s failed, kept in memory: %s", key, target.tier,
+                            exc)
+                return
+            del self.spilling[key]
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- write path ----------------------------------------------------------------------------
+
+    async def write(self, records: dict[str, Record], slot: Slot) -> None:
+        """Store home ``records`` in ``slot`` and invalidate the keys in every tier above."""
+        self.check_open()
+        stripes = sorted({hash(k) & MASK for k in records})
+        async with contextlib.AsyncExitStack() as stack:
+            for s in stripes:
+                await stack.enter_async_context(self.locks[s])
+            for s in stripes:
+                self.gens[s] += 1
+            try:
+                for k in records:
+                    self.spilling.pop(k, None)
+                if slot.obj:
+                    for k, rec in records.items():
+                        slot.put_nowait(k, rec)  # type: ignore[misc]
+                elif len(records) == 1:
+                    (k, rec), = records.items()
+                    await self.call(slot, "put", k, rec)
+                else:
+                    await self.call(slot, "put_many", records)
+                slot.stats.puts += len(records)
+                await self._invalidate(list(records), self.slots[: slot.index])
+            finally:
+                for s in stripes:
+                    self.gens[s] += 1
+
+    async def _invalidate(self, keys: list[str], slots: Iterable[Slot]) -> None:
+        now = self.now()
+        for slot in slots:
+            if slot.obj:
+                for k in keys:
+                    slot.pop_nowait(k)  # type: ignore[misc]
+                continue
+            present = await self.call(slot, "get_many", keys, now)
+            if present:
+                await self.call(slot, "delete_many", list(present), now)
+
+    async def delete(self, keys: list[str]) -> int:
+        """Remove ``keys`` from every tier; how many of them existed (unexpired) anywhere."""
+        self.check_open()
+        now = self.now()
+        stripes = sorted({hash(k) & MASK for k in keys})
+        existed: set[str] = set()
+        failure: TierUnavailableError | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            for s in stripes:
+                await stack.enter_async_context(self.locks[s])
+            for s in stripes:
+                self.gens[s] += 1
+            try:
+                for k in keys:
+                    pending = self.spilling.pop(k, None)
+                    if pending is not None and not pending[1].expired(now):
+                        existed.add(k)
+                for slot in self.slots:
+                    if slot.obj:
+                        for k in keys:
+                            rec = slot.pop_nowait(k)  # type: ignore[misc]
+                            if rec is not None and not rec.expired(now):
+                                existed.add(k)
+                        continue
+                    try:
+                        present = await self.call(slot, "get_many", keys, now)
+                        live = [k for k, r in present.items() if not r.expired(now)]
+                        if present:
+                            await self.call(slot, "delete_many", list(present), now)
+                        existed.update(live)
+                    except TierUnavailableError as exc:
+                        failure = exc
+                    slot.stats.deletes += len(keys)
+            finally:
+                for s in stripes:
+                    self.gens[s] += 1
+        if failure is not None:
+            raise failure
+        return len(existed)
+
+    # -- background work -------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait until promotions and spills queued so far are done."""
+        while True:
+            if self.promo_queue is not None and self.promoter is not None:
+                await self.promo_queue.join()
+            tasks = [t for t in self.tasks if not t.done()]
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+                continue
+            if self.promo_queue is None or self.promo_queue.empty():
+                return
+
+    async def purge_expired(self) -> int:
+        now = self.now()
+        removed = 0
+        for slot in self.slots:
+            if isinstance(slot.backend, Purging):
+                try:
+                    removed += await self.call(slot, "purge_expired", now)
+                except TierUnavailableError as exc:
+                    log.warning("purge on %s failed: %s", slot.tier, exc)
+        return removed
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(Exception):
+            await self.flush()
+        self.closed = True
+        if self.promoter is not None:
+            self.promoter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.promoter
+        for task in list(self.tasks):
+            task.cancel()
+        for slot in self.slots:
+            with contextlib.suppress(Exception):
+                await slot.backend.close()

@@ -1,0 +1,143 @@
+"""Backends by URL scheme, and how third parties add theirs.
+
+A factory takes the parsed URL and the tier and returns a :class:`Backend`. Built in:
+``memory://`` (in-process LRU), ``sqlite:///path`` (embedded SQL), ``host://`` (host-memory
+pools for L0). More are found through the ``sophia_memory.backends`` entry-point group (the
+entry point's name is the scheme) or registered with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import ConfigError
+from .base import Backend, Evicting, ObjectStore, Purging, Remote
+
+if TYPE_CHECKING:
+    from ..config import MemoryConfig
+    from ..tiers import Tier
+
+__all__ = ["Backend", "BackendURL", "Evicting", "ObjectStore", "Purging", "Remote",
+           "open_backend", "parse_url", "register"]
+
+
+@dataclass
+class BackendURL:
+    """A backend URL taken apart. ``options`` is the query string; factories pop what they
+    understand and anything left over is refused."""
+
+    raw: str
+    scheme: str
+    netloc: str
+    path: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def pop_int(self, name: str, default: int | None) -> int | None:
+        value = self.options.pop(name, None)
+        if value is None:
+            return default
+        if value.lower() in ("none", "0", ""):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{self.redacted()}: option {name}={value!r} is not an integer") \
+                from None
+
+    def redacted(self) -> str:
+        """The URL with any password replaced, safe for logs and errors."""
+        if "@" in self.netloc:
+            creds, host = self.netloc.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{self.scheme}://{user}:***@{host}{self.path}"
+        return f"{self.scheme}://{self.netloc}{self.path}"
+
+
+Factory = Callable[[BackendURL, "Tier", "MemoryConfig"], Backend]
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register(scheme: str, factory: Factory) -> None:
+    """Make ``scheme://...`` URLs open backends made by ``factory``."""
+    _FACTORIES[scheme.lower()] = factory
+
+
+def parse_url(url: str) -> BackendURL:
+    """Split a backend URL; ConfigError when it is not one."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"malformed backend URL {url!r}: expected scheme://...")
+    try:
+        parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+    except ValueError as exc:
+        raise ConfigError(f"malformed backend URL: {exc}") from None
+    if not parts.scheme or not parts.scheme.replace("+", "").isalnum():
+        raise ConfigError(f"malformed backend URL {url!r}: missing or invalid scheme")
+    return BackendURL(url, parts.scheme.lower(), parts.netloc, unquote(parts.path), options)
+
+
+def _lookup(scheme: str) -> Factory:
+    if scheme in _FACTORIES:
+        return _FACTORIES[scheme]
+    for ep in entry_points(group="sophia_memory.backends"):
+        if ep.name == scheme:
+            factory: Factory = ep.load()
+            _FACTORIES[scheme] = factory
+            return factory
+    known = ", ".join(sorted(_FACTORIES))
+    raise ConfigError(f"no backend for URL scheme {scheme!r}; known schemes: {known} "
+                      "(or install a package providing a 'sophia_memory.backends' entry point)")
+
+
+def open_backend(url: str, tier: Tier, config: MemoryConfig) -> Backend:
+    """Open the backend ``url`` names, for ``tier``."""
+    parsed = parse_url(url)
+    backend = _lookup(parsed.scheme)(parsed, tier, config)
+    if parsed.options:
+        raise ConfigError(f"{parsed.redacted()}: unknown option(s) "
+                          f"{', '.join(sorted(parsed.options))}")
+    return backend
+
+
+def _memory(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
+    from .memory import MemoryBackend
+
+    if url.netloc or url.path not in ("", "/"):
+        raise ConfigError(f"memory:// takes no host or path, got {url.raw!r}")
+    return MemoryBackend(
+        max_items=url.pop_int("max_items", config.session_max_items),
+        max_bytes=url.pop_int("max_bytes", config.session_max_bytes),
+        policy=url.options.pop("policy", "lru"),
+    )
+
+
+def _sqlite(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
+    from .sqlite import SQLiteBackend
+
+    if url.netloc:
+        raise ConfigError(f"sqlite URL {url.raw!r} has a host; write sqlite:///absolute/path "
+                          "or sqlite:///./relative/path")
+    path = url.path[1:] if url.path.startswith("/./") else url.path
+    if not path or path == "/":
+        path = str(config.resolved_path())
+    table = url.options.pop("table", tier.name.lower())
+    synchronous = url.options.pop("synchronous", "normal")
+    return SQLiteBackend(path, table, synchronous)
+
+
+def _host(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
+    from ..pools import parse_size, plan_pools
+    from .hostpool import HostPoolBackend
+
+    total = parse_size(url.options.pop("memory", config.host_pool_memory), "host pool memory")
+    budgets = plan_pools(config.gpu_pools, total, config.gpu_reserve, device="host memory")
+    return HostPoolBackend(budgets, url.options.pop("default_pool", None))
+
+
+register("memory", _memory)
+register("sqlite", _sqlite)
+register("host", _host)

@@ -1,0 +1,148 @@
+"""The backend interface: a small async key/record store, plus optional abilities.
+
+A backend moves opaque :class:`~sophia_memory.tiers.Record` objects under ``str`` keys. It does
+not encode values, evict by policy of its own choosing, promote, or keep metrics of calls:
+the front :class:`~sophia_memory.Memory` composes those once for every backend.
+
+Required: :meth:`Backend.get`, :meth:`Backend.put`, :meth:`Backend.delete`,
+:meth:`Backend.keys`, :meth:`Backend.close`. The many-variants have loop defaults that a
+backend overrides when it can batch (one ``MGET``, one transaction).
+
+Optional abilities are separate protocols, checked with ``isinstance``, never boolean flags:
+
+* :class:`ObjectStore` - records hold live Python objects (no codec) and can be read
+  synchronously with ``peek``; the front uses that for its hot path.
+* :class:`Evicting` - the backend evicts under a bound and reports what it evicted.
+* :class:`Purging` - expired records can be removed in bulk.
+* :class:`Remote` - calls cross a network or process: the front adds timeouts and a breaker.
+
+Expiry: backends store ``Record.expires_at`` and return records as stored; ``now`` (on the
+memory's clock) is passed where a backend may use it to skip or remove expired records. The
+front treats an expired record as absent either way.
+
+Third-party backends register a factory by URL scheme, either with
+:func:`sophia_memory.backends.register` or through the ``sophia_memory.backends`` entry point
+group; the factory receives the parsed URL.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from ..policies import EvictionListener
+from ..tiers import Record
+
+__all__ = ["Backend", "Evicting", "ObjectStore", "Purging", "Remote"]
+
+
+class Backend(ABC):
+    """An async store of records by key. One instance serves one tier."""
+
+    #: URL scheme(s) the backend answers to, for ``doctor`` and error messages.
+    scheme: ClassVar[str] = ""
+
+    @abstractmethod
+    async def get(self, key: str, now: float) -> Record | None:
+        """The record under ``key``, or None. May return an expired record."""
+
+    @abstractmethod
+    async def put(self, key: str, record: Record) -> None:
+        """Store ``record`` under ``key``, replacing any record there. Durable on return for
+        backends that persist."""
+
+    @abstractmethod
+    async def delete(self, key: str, now: float) -> bool:
+        """Remove ``key``; True if an unexpired record was removed."""
+
+    @abstractmethod
+    async def keys(self, prefix: str, now: float) -> list[str]:
+        """The keys that start with ``prefix`` and hold an unexpired record."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections, threads and files. Idempotent."""
+
+    async def exists(self, key: str, now: float) -> bool:
+        """True if ``key`` holds an unexpired record."""
+        rec = await self.get(key, now)
+        return rec is not None and not rec.expired(now)
+
+    async def get_many(self, keys: Iterable[str], now: float) -> dict[str, Record]:
+        """The records present among ``keys`` (may include expired ones)."""
+        found: dict[str, Record] = {}
+        for key in keys:
+            rec = await self.get(key, now)
+            if rec is not None:
+                found[key] = rec
+        return found
+
+    async def put_many(self, records: Mapping[str, Record]) -> None:
+        """Store several records; backends that can should do it in one round trip/commit."""
+        for key, rec in records.items():
+            await self.put(key, rec)
+
+    async def delete_many(self, keys: Iterable[str], now: float) -> int:
+        """Remove several keys; the number of unexpired records removed."""
+        removed = 0
+        for key in keys:
+            removed += await self.delete(key, now)
+        return removed
+
+    def stats(self) -> dict[str, Any]:
+        """Backend-specific figures (sizes, connections) for ``Memory.stats``."""
+        return {}
+
+    def describe(self) -> str:
+        """A one-line description with no secrets in it."""
+        return type(self).__name__
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Holds live Python objects in ``Record.payload``; ``peek`` reads without awaiting."""
+
+    def peek(self, key: str) -> Record | None:
+        """The record under ``key`` (marking it used for eviction), or None."""
+        ...
+
+    def put_nowait(self, key: str, record: Record) -> None:
+        """Store ``record`` now (evicting under the backend's bound)."""
+        ...
+
+    def pop_nowait(self, key: str) -> Record | None:
+        """Remove and return the record under ``key`` now."""
+        ...
+
+    def discard(self, key: str, record: Record) -> None:
+        """Remove ``key`` only if it still holds exactly ``record`` (lazy expiry)."""
+        ...
+
+    def fits(self, size: int) -> bool:
+        """Whether an item of ``size`` bytes can be held at all."""
+        ...
+
+
+@runtime_checkable
+class Evicting(Protocol):
+    """Evicts records under a bound; the listener receives each evicted (key, record)."""
+
+    def set_eviction_listener(self, listener: EvictionListener) -> None: ...
+
+
+@runtime_checkable
+class Purging(Protocol):
+    """Can remove all expired records at once."""
+
+    async def purge_expired(self, now: float) -> int:
+        """Remove records expired at ``now``; the number removed."""
+        ...
+
+
+@runtime_checkable
+class Remote(Protocol):
+    """Marks backends whose calls leave the process: the front guards them with a timeout
+    (``call_timeout`` seconds) and a circuit breaker."""
+
+    call_timeout: float

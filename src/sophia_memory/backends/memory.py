@@ -1,0 +1,70 @@
+"""In-process backend (``memory://``): a bounded dict of live objects, the default L1.
+
+Values are held as the objects that were put, not copies (like ``functools.lru_cache`` and
+cachetools): treat cached values as immutable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..policies import BoundedStore, EvictionListener, policy_from_name
+from ..tiers import Record
+from .base import Backend
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(Backend):
+    """A bounded in-process store; LRU by default, bounded by items and/or bytes."""
+
+    scheme = "memory"
+
+    def __init__(self, max_items: int | None = 100_000, max_bytes: int | None = None,
+                 policy: str = "lru") -> None:
+        self._store = BoundedStore(max_items, max_bytes, policy_from_name(policy))
+        self._policy_name = policy
+        # The hot path calls these directly (ObjectStore protocol).
+        self.peek = self._store.peek
+        self.put_nowait = self._store.set
+        self.pop_nowait = self._store.pop
+        self.fits = self._store.fits
+
+    def discard(self, key: str, record: Record) -> None:
+        if self._store.data.get(key) is record:
+            self._store.pop(key)
+
+    def set_eviction_listener(self, listener: EvictionListener) -> None:
+        self._store.listener = listener
+
+    async def get(self, key: str, now: float) -> Record | None:
+        return self._store.peek(key)
+
+    async def put(self, key: str, record: Record) -> None:
+        self._store.set(key, record)
+
+    async def delete(self, key: str, now: float) -> bool:
+        rec = self._store.pop(key)
+        return rec is not None and not rec.expired(now)
+
+    async def keys(self, prefix: str, now: float) -> list[str]:
+        data = self._store.data
+        return [k for k, r in list(data.items()) if k.startswith(prefix) and not r.expired(now)]
+
+    async def purge_expired(self, now: float) -> int:
+        dead = [k for k, r in list(self._store.data.items()) if r.expired(now)]
+        for key in dead:
+            self._store.pop(key)
+        return len(dead)
+
+    async def close(self) -> None:
+        self._store.clear()
+
+    def stats(self) -> dict[str, Any]:
+        s = self._store
+        return {"items": len(s), "bytes": s.bytes, "max_items": s.max_items,
+                "max_bytes": s.max_bytes, "evictions": s.evictions, "policy": self._policy_name}
+
+    def describe(self) -> str:
+        s = self._store
+        return f"in-process {self._policy_name} (max_items={s.max_items}, max_bytes={s.max_bytes})"

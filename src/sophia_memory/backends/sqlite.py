@@ -1,0 +1,355 @@
+"""SQLite backend (``sqlite:///path?table=name``): the embedded default for L2, L3 and L5.
+
+One file holds one table per tier. Per file there is one :class:`SQLiteEngine`:
+
+* **Reads** run on the caller's thread on a shared read connection: a primary-key lookup in
+  the page cache costs microseconds, far less than a hop to a worker thread. WAL mode lets
+  them proceed while the writer commits.
+* **Writes** go to a single writer thread that takes everything queued, runs it in one
+  ``BEGIN IMMEDIATE`` transaction and commits (group commit). Each ``put`` awaits the commit
+  that contains it, so it returns only once its data is in the database file's WAL: durable
+  against the process being killed. ``synchronous=NORMAL`` (the default) may lose the last
+  commits on power loss; ``?synchronous=full`` fsyncs every group commit.
+
+Connections re-apply their pragmas when opened. A batch that fails is rolled back and its
+operations retried one by one, so one bad operation cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendError, ConfigError
+from ..tiers import Record
+from .base import Backend
+
+__all__ = ["SQLiteBackend", "SQLiteEngine", "default_path"]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_BATCH_MAX = 2048
+_IN_CHUNK = 500
+_COLS = "payload, expires_at, home, size, version, created_at, extra"
+
+
+def default_path() -> Path:
+    """Where the embedded database lives unless configured: ``$SOPHIA_MEMORY_PATH``, else
+    ``$XDG_DATA_HOME/sophia_memory/memory.db`` (``~/.local/share/...``)."""
+    env = os.environ.get("SOPHIA_MEMORY_PATH")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sophia_memory" / "memory.db"
+
+
+def check_identifier(name: str) -> str:
+    """``name`` if it is a safe SQL identifier, else ConfigError."""
+    if not _IDENT.match(name):
+        raise ConfigError(f"invalid table name {name!r}: letters, digits and _ only")
+    return name
+
+
+class _Op:
+    __slots__ = ("fetch", "future", "many", "params", "sql")
+
+    def __init__(self, sql: str, params: Any, many: bool, fetch: bool,
+                 future: asyncio.Future[Any]) -> None:
+        self.sql = sql
+        self.params = params
+        self.many = many
+        self.fetch = fetch
+        self.future = future
+
+
+_STOP = object()
+
+
+def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, exc in results:
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
+
+
+class SQLiteEngine:
+    """One database file: a read connection, a writer thread with group commit."""
+
+    _registry: dict[str, SQLiteEngine] = {}
+    _registry_lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls, path: str | Path, synchronous: str = "normal") -> SQLiteEngine:
+        """The engine for ``path`` (shared within the process; reference counted)."""
+        resolved = str(Path(path).expanduser().resolve())
+        with cls._registry_lock:
+            engine = cls._registry.get(resolved)
+            if engine is None or engine._closed:
+                engine = cls(resolved, synchronous)
+                cls._registry[resolved] = engine
+            engine._refs += 1
+            return engine
+
+    def __init__(self, path: str, synchronous: str = "normal") -> None:
+        if synchronous.lower() not in ("normal", "full"):
+            raise ConfigError("sqlite synchronous must be 'normal' or 'full'")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.reader = self._connect()
+            self.reader.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:
+            raise BackendError(f"cannot open SQLite database {path}: {exc}") from exc
+        self._refs = 0
+        self._closed = False
+        self._pid = os.getpid()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.commits = 0
+        self.ops = 0
+        self._thread = threading.Thread(target=self._run, name=f"sophia-sqlite-writer:{path}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=30.0)
+        for pragma in (f"synchronous={self.synchronous}", "busy_timeout=30000",
+                       "temp_store=MEMORY", "cache_size=-65536", "mmap_size=268435456",
+                       "foreign_keys=OFF"):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    def ensure_table(self, table: str) -> None:
+        """Create ``table`` (and its expiry index) if missing."""
+        check_identifier(table)
+        try:
+            self.reader.executescript(f"""
+                CREATE TABLE IF NOT EXISTS "{table}" (
+                    key TEXT NOT NULL UNIQUE,
+                    payload BLOB NOT NULL,
+                    expires_at REAL,
+                    home INTEGER NOT NULL DEFAULT 1,
+                    size INTEGER NOT NULL DEFAULT 0,
+                    version INTEGER NOT NULL DEFAULT 0,
+                    created_at REAL NOT NULL,
+                    extra TEXT
+                );
+                CREATE INDEX IF NOT EXISTS "{table}_expires" ON "{table}"(expires_at)
+                    WHERE expires_at IS NOT NULL;
+            """)
+        except sqlite3.Error as exc:
+            raise BackendError(f"cannot create table {table}: {exc}") from exc
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def submit(self, sql: str, params: Any, *, many: bool = False,
+               fetch: bool = False) -> asyncio.Future[Any]:
+        """Queue one write for the next group commit; the future resolves after the commit."""
+        if self._closed:
+            raise BackendError("the SQLite engine is closed")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Op(sql, params, many, fetch, fut))
+        return fut
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < _BATCH_MAX:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                self._commit(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _execute(conn: sqlite3.Connection, op: _Op) -> Any:
+        if op.many:
+            return conn.executemany(op.sql, op.params).rowcount
+        cur = conn.execute(op.sql, op.params)
+        return cur.fetchall() if op.fetch else cur.rowcount
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            values = [self._execute(conn, op) for op in batch]
+            conn.execute("COMMIT")
+            results = [(op.future, v, None) for op, v in zip(batch, values, strict=True)]
+            self.commits += 1
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for op in batch:  # isolate the failing operation
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    value = self._execute(conn, op)
+                    conn.execute("COMMIT")
+                    results.append((op.future, value, None))
+                    self.commits += 1
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    err = BackendError(f"SQLite write failed: {exc}")
+                    err.__cause__ = exc
+                    results.append((op.future, None, err))
+        self.ops += len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for item in results:
+            by_loop.setdefault(item[0].get_loop(), []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that loop is closed; nobody is waiting any more
+                pass
+
+    def release(self) -> None:
+        """Drop one reference; the last one stops the writer and closes the file."""
+        with self._registry_lock:
+            self._refs -= 1
+            if self._refs > 0 or self._closed:
+                return
+            self._closed = True
+            if self._registry.get(self.path) is self:
+                del self._registry[self.path]
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+        self.reader.close()
+
+
+def _row_to_record(row: tuple[Any, ...]) -> Record:
+    payload, expires_at, home, size, version, created_at, extra = row
+    return Record(payload, expires_at, bool(home), size, version, created_at,
+                  json.loads(extra) if extra else {})
+
+
+class SQLiteBackend(Backend):
+    """One tier's table in an embedded SQLite file."""
+
+    scheme = "sqlite"
+
+    def __init__(self, path: str | Path, table: str, synchronous: str = "normal") -> None:
+        self.table = check_identifier(table)
+        if str(path) in ("", ":memory:"):
+            raise ConfigError("sqlite needs a file path (use memory:// for an in-process tier)")
+        self.engine = SQLiteEngine.acquire(path, synchronous)
+        self.engine.ensure_table(table)
+        self._closed = False
+        t = f'"{table}"'
+        self._sql_get = f"SELECT {_COLS} FROM {t} WHERE key = ?"
+        self._sql_exists = (f"SELECT 1 FROM {t} WHERE key = ? AND "
+                            "(expires_at IS NULL OR expires_at > ?)")
+        self._sql_put = (f"INSERT INTO {t} (key, {_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET payload = excluded.payload, "
+                         "expires_at = excluded.expires_at, home = excluded.home, "
+                         "size = excluded.size, version = excluded.version, "
+                         "created_at = excluded.created_at, extra = excluded.extra")
+        self._sql_delete = f"DELETE FROM {t} WHERE key = ? RETURNING expires_at"
+        self._sql_purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
+        self._t = t
+
+    def _read(self, sql: str, params: Any) -> list[Any]:
+        try:
+            return self.engine.reader.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise BackendError(f"SQLite read failed: {exc}") from exc
+
+    @staticmethod
+    def _params(key: str, r: Record) -> tuple[Any, ...]:
+        return (key, r.payload, r.expires_at, int(r.home), r.size, r.version, r.created_at,
+                json.dumps(r.extra) if r.extra else None)
+
+    async def get(self, key: str, now: float) -> Record | None:
+        try:
+            row = self.engine.reader.execute(self._sql_get, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise BackendError(f"SQLite read failed: {exc}") from exc
+        return None if row is None else _row_to_record(row)
+
+    async def exists(self, key: str, now: float) -> bool:
+        return bool(self._read(self._sql_exists, (key, now)))
+
+    async def get_many(self, keys: Iterable[str], now: float) -> dict[str, Record]:
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, Record] = {}
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._read(f"SELECT key, {_COLS} FROM {self._t} WHERE key IN ({marks})",
+                                  chunk):
+                found[row[0]] = _row_to_record(row[1:])
+        return found
+
+    async def put(self, key: str, record: Record) -> None:
+        await self.engine.submit(self._sql_put, self._params(key, record))
+
+    async def put_many(self, records: Mapping[str, Record]) -> None:
+        if records:
+            rows = [self._params(k, r) for k, r in records.items()]
+            await self.engine.submit(self._sql_put, rows, many=True)
+
+    async def delete(self, key: str, now: float) -> bool:
+        rows = await self.engine.submit(self._sql_delete, (key,), fetch=True)
+        return any(exp is None or exp > now for (exp,) in rows)
+
+    async def delete_many(self, keys: Iterable[str], now: float) -> int:
+        keys = list(dict.fromkeys(keys))
+        removed = 0
+        for i in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = await self.engine.submit(
+                f"DELETE FROM {self._t} WHERE key IN ({marks}) RETURNING expires_at", chunk,
+                fetch=True)
+            removed += sum(1 for (exp,) in rows if exp is None or exp > now)
+        return removed
+
+    async def keys(self, prefix: str, now: float) -> list[str]:
+        live = "(expires_at IS NULL OR expires_at > ?)"
+        if not prefix:
+            rows = self._read(f"SELECT key FROM {self._t} WHERE {live}", (now,))
+        else:
+            upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            rows = self._read(f"SELECT key FROM {self._t} WHERE key >= ? AND key < ? AND {live}",
+                              (prefix, upper, now))
+        return [r[0] for r in rows]
+
+    async def purge_expired(self, now: float) -> int:
+        return int(await self.engine.submit(self._sql_purge, (now,)))
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.engine.release()
+
+    def stats(self) -> dict[str, Any]:
+        (count,) = self._read(f"SELECT count(*) FROM {self._t}", ())[0]
+        return {"rows": count, "path": self.engine.path, "commits": self.engine.commits,
+                "writes": self.engine.ops}
+
+    def describe(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version} {self.engine.path} table {self.table}"

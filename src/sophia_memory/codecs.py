@@ -1,0 +1,281 @@
+"""Codecs turn values into the bytes that serialising backends store, and back.
+
+Three codecs ship; each payload starts with the codec's tag byte so a reader can tell what
+wrote it and refuse what it was not configured to read:
+
+* :class:`MsgpackCodec` (tag ``0x01``, the default): MessagePack with extensions for NumPy,
+  torch and CuPy arrays, tuples and big integers. Decoding never executes code.
+* :class:`JsonCodec` (tag ``0x02``): plain JSON for readers in other languages. JSON types only
+  (no bytes, no arrays); tuples come back as lists.
+* :class:`SignedPickleCodec` (tag ``0x03``): opt-in pickle for arbitrary objects. It needs a
+  signing key; every payload carries an HMAC-SHA256 over its body, and a payload that is
+  unsigned, signed with another key or tampered with raises :class:`SignatureError` before
+  anything is unpickled.
+
+Every codec also *measures* a value: it checks at ``put`` that the value is storable (raising
+:class:`UnsupportedValueError` there, not deep inside a backend) and estimates its size for
+byte-bounded tiers that keep live objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import pickle
+import struct
+from typing import Any, Protocol, runtime_checkable
+
+import msgpack
+import numpy as np
+
+from ._arrays import array_kind, from_numpy, nbytes, to_numpy
+from .errors import ConfigError, DecodeError, SignatureError, UnsupportedValueError
+
+__all__ = ["Codec", "JsonCodec", "MsgpackCodec", "SignedPickleCodec", "codec_from_name"]
+
+_TAG_MSGPACK = 0x01
+_TAG_JSON = 0x02
+_TAG_PICKLE = 0x03
+_TAG_NAMES = {_TAG_MSGPACK: "msgpack", _TAG_JSON: "json", _TAG_PICKLE: "signed pickle"}
+
+_EXT_ARRAY = 1
+_EXT_TUPLE = 2
+_EXT_BIGINT = 3
+_MAX_DEPTH = 256
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns values into bytes and back. Implementations must be safe to share across tasks."""
+
+    name: str
+
+    def measure(self, value: Any) -> int:
+        """Check that ``value`` can be encoded and return its approximate encoded size.
+
+        Raises :class:`UnsupportedValueError` for anything the codec cannot store.
+        """
+        ...
+
+    def encode(self, value: Any) -> bytes:
+        """The payload for ``value`` (tag byte first). Raises ``UnsupportedValueError``."""
+        ...
+
+    def decode(self, data: bytes) -> Any:
+        """The value of a payload. Raises :class:`DecodeError` for foreign or corrupt data."""
+        ...
+
+
+def _describe(value: object) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _measure(value: Any, binary: bool, depth: int = 0) -> int:
+    """Validate the structure of ``value`` and estimate its encoded size in bytes."""
+    cls = type(value)
+    if cls is str:
+        return len(value) + 5
+    if cls is int or cls is float or cls is bool or value is None:
+        return 9
+    if depth > _MAX_DEPTH:
+        raise UnsupportedValueError(f"value is nested deeper than {_MAX_DEPTH} levels")
+    if cls is list or cls is tuple:
+        return 5 + sum(_measure(item, binary, depth + 1) for item in value)
+    if isinstance(value, dict):
+        size = 5
+        for k, item in value.items():
+            if type(k) is not str:
+                raise UnsupportedValueError(f"dict keys must be str, got {_describe(k)}")
+            size += len(k) + 5 + _measure(item, binary, depth + 1)
+        return size
+    if cls is bytes:
+        if not binary:
+            raise UnsupportedValueError("this codec (json) cannot store bytes")
+        return len(value) + 5
+    kind = array_kind(value)
+    if kind is not None:
+        if not binary:
+            raise UnsupportedValueError("this codec (json) cannot store arrays")
+        return nbytes(value, kind) + 64
+    raise UnsupportedValueError(
+        f"cannot store a value of type {_describe(value)}: supported are None, bool, int, "
+        "float, str, bytes, list, tuple, dict with str keys, and NumPy/torch/CuPy arrays"
+    )
+
+
+def _pack_array(value: Any, kind: str) -> msgpack.ExtType:
+    arr, dtype = to_numpy(value, kind)  # type: ignore[arg-type]
+    header = msgpack.packb([kind, dtype, list(arr.shape)])
+    raw = np.ascontiguousarray(arr).tobytes()
+    return msgpack.ExtType(_EXT_ARRAY, struct.pack("<I", len(header)) + header + raw)
+
+
+def _unpack_array(data: bytes) -> Any:
+    (hlen,) = struct.unpack_from("<I", data)
+    kind, dtype, shape = msgpack.unpackb(data[4 : 4 + hlen])
+    np_dtype = np.dtype(dtype) if kind != "torch" else None
+    if np_dtype is None:
+        # torch dtypes: the raw data has the element width of the stored numpy view.
+        np_dtype = _torch_np_dtype(dtype)
+    if np_dtype.hasobject:
+        raise DecodeError("refusing an object-dtype array payload")
+    arr = np.frombuffer(data, dtype=np_dtype, offset=4 + hlen).reshape(shape).copy()
+    return from_numpy(arr, kind, dtype)
+
+
+_TORCH_WIDTHS = {
+    "bfloat16": "<i2", "float8_e4m3fn": "|u1", "float8_e5m2": "|u1", "complex32": "<i4",
+    "bool": "|b1", "uint16": "<u2", "uint32": "<u4", "uint64": "<u8",
+}
+
+
+def _torch_np_dtype(name: str) -> np.dtype[Any]:
+    if name in _TORCH_WIDTHS:
+        return np.dtype(_TORCH_WIDTHS[name])
+    try:
+        return np.dtype(name)
+    except TypeError as exc:
+        raise DecodeError(f"unknown torch dtype {name!r} in payload") from exc
+
+
+def _default(value: Any) -> Any:
+    cls = type(value)
+    if cls is tuple:
+        return msgpack.ExtType(_EXT_TUPLE, _packer_packb(list(value)))
+    if cls is int:
+        return msgpack.ExtType(_EXT_BIGINT, str(value).encode())
+    if isinstance(value, dict):  # dict subclasses (OrderedDict state_dicts) as plain dicts
+        return dict(value)
+    kind = array_kind(value)
+    if kind is not None:
+        return _pack_array(value, kind)
+    raise UnsupportedValueError(f"cannot store a value of type {_describe(value)}")
+
+
+def _packer_packb(value: Any) -> bytes:
+    return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EXT_ARRAY:
+        return _unpack_array(data)
+    if code == _EXT_TUPLE:
+        return tuple(_unpackb(data))
+    if code == _EXT_BIGINT:
+        return int(data.decode())
+    raise DecodeError(f"unknown msgpack extension type {code}")
+
+
+def _unpackb(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=True,
+                           use_list=True)
+
+
+def _check_tag(data: bytes, tag: int, name: str) -> None:
+    if not data or data[0] != tag:
+        found = _TAG_NAMES.get(data[0], "an unknown format") if data else "an empty payload"
+        raise DecodeError(f"payload was written as {found}; this memory reads {name}")
+
+
+class MsgpackCodec:
+    """The default codec: MessagePack plus array/tuple/bigint extensions; never runs code."""
+
+    name = "msgpack"
+
+    def measure(self, value: Any) -> int:
+        return _measure(value, binary=True)
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return b"\x01" + _packer_packb(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, UnsupportedValueError):
+                raise
+            raise UnsupportedValueError(f"cannot encode value: {exc}") from exc
+
+    def decode(self, data: bytes) -> Any:
+        _check_tag(data, _TAG_MSGPACK, self.name)
+        try:
+            return _unpackb(memoryview(data)[1:])
+        except DecodeError:
+            raise
+        except Exception as exc:  # msgpack raises several unrelated types on corrupt input
+            raise DecodeError(f"corrupt msgpack payload: {exc}") from exc
+
+
+class JsonCodec:
+    """JSON for readers in other languages: JSON types only; tuples come back as lists."""
+
+    name = "json"
+
+    def measure(self, value: Any) -> int:
+        return _measure(value, binary=False)
+
+    def encode(self, value: Any) -> bytes:
+        _measure(value, binary=False)
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError as exc:
+            raise UnsupportedValueError(f"cannot encode value as JSON: {exc}") from exc
+        return b"\x02" + text.encode()
+
+    def decode(self, data: bytes) -> Any:
+        _check_tag(data, _TAG_JSON, self.name)
+        try:
+            return json.loads(bytes(memoryview(data)[1:]))
+        except ValueError as exc:
+            raise DecodeError(f"corrupt JSON payload: {exc}") from exc
+
+
+class SignedPickleCodec:
+    """Pickle, opt-in, for arbitrary objects; refuses any payload without a valid HMAC.
+
+    Only use it when every writer of the store is trusted with the signing key: whoever holds
+    the key can make this codec execute code on decode.
+    """
+
+    name = "pickle"
+    _MAC_LEN = 32
+
+    def __init__(self, key: bytes | str) -> None:
+        key_bytes = key.encode() if isinstance(key, str) else bytes(key)
+        if len(key_bytes) < 16:
+            raise ConfigError("the signed pickle codec needs a signing key of at least 16 bytes")
+        self._key = key_bytes
+
+    def _mac(self, body: bytes | memoryview) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()
+
+    def measure(self, value: Any) -> int:
+        return len(self.encode(value))
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise UnsupportedValueError(f"cannot pickle value: {exc}") from exc
+        return b"\x03" + self._mac(body) + body
+
+    def decode(self, data: bytes) -> Any:
+        if not data or data[0] != _TAG_PICKLE:
+            raise SignatureError("payload is not a signed pickle; refusing to unpickle it")
+        view = memoryview(data)
+        mac, body = view[1 : 1 + self._MAC_LEN], view[1 + self._MAC_LEN :]
+        if len(mac) != self._MAC_LEN or not hmac.compare_digest(mac, self._mac(body)):
+            raise SignatureError("signed pickle payload failed its signature check")
+        return pickle.loads(body)  # noqa: S301 - signature verified above
+
+
+def codec_from_name(name: str, signing_key: bytes | str | None = None) -> Codec:
+    """The codec called ``name`` (``msgpack``, ``json`` or ``pickle``)."""
+    if name == "msgpack":
+        return MsgpackCodec()
+    if name == "json":
+        return JsonCodec()
+    if name == "pickle":
+        if signing_key is None:
+            raise ConfigError("codec 'pickle' needs signing_key (SOPHIA_MEMORY_SIGNING_KEY)")
+        return SignedPickleCodec(signing_key)
+    raise ConfigError(f"unknown codec {name!r}; choose msgpack, json or pickle")

@@ -1,0 +1,174 @@
+"""Configuration: explicit arguments over environment variables over a TOML file.
+
+``Memory.open()`` always reads the environment (and the TOML file it may name); explicit
+arguments win. Environment variables:
+
+* ``SOPHIA_MEMORY_<TIER>_URL`` - a tier's backend URL, e.g. ``SOPHIA_MEMORY_SESSION_URL``;
+  ``none`` switches the tier off.
+* ``SOPHIA_MEMORY_PATH`` - the embedded SQLite file.
+* ``SOPHIA_MEMORY_CONFIG`` - a TOML file with the same keys as :class:`MemoryConfig`
+  (tiers in a ``[tiers]`` table, pools in ``[gpu_pools]``).
+* ``SOPHIA_MEMORY_SIGNING_KEY`` - the key for the signed pickle codec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .pools import DEFAULT_POOLS
+from .tiers import Tier
+
+__all__ = ["DEFAULT_URLS", "MemoryConfig", "tier_of"]
+
+#: What each tier uses when nothing names its backend. ``None``: not available.
+DEFAULT_URLS: dict[Tier, str | None] = {
+    Tier.GPU: "host://",
+    Tier.SESSION: "memory://",
+    Tier.CORTEX: "sqlite:///?table=cortex_cache",
+    Tier.PERSISTENT: "sqlite:///?table=persistent",
+    Tier.VECTOR: None,  # the vector tier is not built yet
+    Tier.WORKFLOW: "sqlite:///?table=workflow",
+}
+
+_OFF = ("none", "off", "disabled", "")
+
+
+def tier_of(value: object) -> Tier:
+    """A :class:`Tier` from a Tier, its name (any case) or its level number."""
+    from .errors import InvalidArgumentError
+
+    if isinstance(value, Tier):
+        return value
+    if isinstance(value, str):
+        name = value.strip().upper()
+        if name.startswith("L") and name[1:].isdigit():
+            value = int(name[1:])
+        elif name in Tier.__members__:
+            return Tier[name]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 5:
+        return Tier(value)
+    raise InvalidArgumentError(f"unknown tier {value!r}; use one of "
+                               f"{', '.join(str(t) for t in Tier)}")
+
+
+@dataclass
+class MemoryConfig:
+    """Everything ``Memory.open`` can be told. Unset fields take the documented defaults."""
+
+    #: Backend URL per tier; a tier absent here takes ``DEFAULT_URLS``; ``None`` turns it off.
+    tiers: dict[Tier, str | None] = field(default_factory=dict)
+    #: The embedded SQLite file (default: ``sqlite.default_path()``).
+    path: str | None = None
+    default_tier: Tier = Tier.SESSION
+    #: Named L0 pools: fractions of usable memory or sizes with units.
+    gpu_pools: dict[str, float | int | str] = field(default_factory=lambda: dict(DEFAULT_POOLS))
+    gpu_reserve: float | int | str = 0.02
+    #: Total memory of the host-memory pools standing in for a GPU.
+    host_pool_memory: int | str = "1GiB"
+    session_max_items: int | None = 100_000
+    session_max_bytes: int | None = 512 * 2**20
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 512 * 2**20
+    codec: str = "msgpack"
+    signing_key: str | bytes | None = None
+    #: Copy hits from slower tiers into faster ones (in the background).
+    promote: bool = True
+    promotion_queue: int = 10_000
+    #: Tiers whose own items are dropped, not spilled, when evicted.
+    cache_only: frozenset[Tier] = frozenset()
+    #: Seconds per call on remote tiers, and the circuit breaker's settings.
+    call_timeout: float = 2.0
+    breaker_threshold: int = 5
+    breaker_reset: float = 30.0
+    #: Seconds between background purges of expired rows (0: never).
+    purge_interval: float = 300.0
+
+    def resolved_path(self) -> Path:
+        from .backends.sqlite import default_path
+
+        return Path(self.path).expanduser() if self.path else default_path()
+
+    def url_for(self, tier: Tier) -> str | None:
+        return self.tiers[tier] if tier in self.tiers else DEFAULT_URLS[tier]
+
+    @classmethod
+    def build(cls, base: MemoryConfig | None = None, environ: Mapping[str, str] | None = None,
+              **overrides: Any) -> MemoryConfig:
+        """Defaults, then the TOML file, then the environment, then ``base``'s explicitly set
+        fields, then ``overrides``; each later source wins."""
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        toml_path = env.get("SOPHIA_MEMORY_CONFIG")
+        if toml_path:
+            data.update(_read_toml(Path(toml_path)))
+        tiers = dict(data.pop("tiers", {}))
+        for tier in Tier:
+            url = env.get(f"SOPHIA_MEMORY_{tier.name}_URL")
+            if url is not None:
+                tiers[tier] = url
+        if env.get("SOPHIA_MEMORY_PATH"):
+            data["path"] = env["SOPHIA_MEMORY_PATH"]
+        if env.get("SOPHIA_MEMORY_SIGNING_KEY"):
+            data["signing_key"] = env["SOPHIA_MEMORY_SIGNING_KEY"]
+        if base is not None:
+            defaults = cls()
+            for f in dataclasses.fields(cls):
+                value = getattr(base, f.name)
+                if f.name == "tiers":
+                    tiers.update(value)
+                elif value != getattr(defaults, f.name):
+                    data[f.name] = value
+        tiers.update(overrides.pop("tiers", None) or {})
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        data["tiers"] = tiers
+        return cls._normalised(data)
+
+    @classmethod
+    def _normalised(cls, data: dict[str, Any]) -> MemoryConfig:
+        tiers: dict[Tier, str | None] = {}
+        for key, url in data["tiers"].items():
+            if url is not None and not isinstance(url, str):
+                raise ConfigError(f"tier {key!r}: URL must be a string or None, got {url!r}")
+            tiers[tier_of(key)] = None if url is None or url.strip().lower() in _OFF else url
+        data["tiers"] = tiers
+        if "default_tier" in data:
+            data["default_tier"] = tier_of(data["default_tier"])
+        if "cache_only" in data:
+            data["cache_only"] = frozenset(tier_of(t) for t in data["cache_only"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+        config = cls(**data)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.max_key_bytes < 1:
+            raise ConfigError("max_key_bytes must be at least 1")
+        if self.max_value_bytes < 1:
+            raise ConfigError("max_value_bytes must be at least 1")
+        if self.call_timeout <= 0 or self.breaker_threshold < 1 or self.breaker_reset <= 0:
+            raise ConfigError("call_timeout, breaker_threshold and breaker_reset must be > 0")
+        if self.codec not in ("msgpack", "json", "pickle"):
+            raise ConfigError(f"unknown codec {self.codec!r}; choose msgpack, json or pickle")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read SOPHIA_MEMORY_CONFIG file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"SOPHIA_MEMORY_CONFIG file {path} is not valid TOML: {exc}") from None

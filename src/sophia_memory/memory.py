@@ -1,0 +1,363 @@
+"""The public front: :class:`Memory`, one async get/put API over six tiers.
+
+Semantics (see DESIGN.md §3): ``put`` writes to the value's *home* tier and invalidates copies
+above it before returning; ``get`` searches the tiers fastest first and returns the first
+live hit, scheduling a background promotion of hits from slower tiers; bounded in-process tiers
+evict by LRU and spill home items to the next tier down; TTLs are absolute expiries carried
+across tiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
+
+from ._core import MASK, Core, Slot
+from ._support import canonical_hash
+from .backends.hostpool import is_pool_value
+from .clock import Clock, SystemClock
+from .config import MemoryConfig, tier_of
+from .errors import (InvalidArgumentError, InvalidKeyError, UnsupportedValueError,
+                     ValueTooLargeError)
+from .tiers import Entry, Record, Tier
+
+__all__ = ["Memory"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SEP = "\x1f"  # joins namespace and key; refused inside keys and namespace names
+_SAMPLE = 1023  # one in 1024 in-process hits takes the timed path (latency percentiles)
+
+
+class Memory:
+    """Tiered memory. Open with :meth:`open` (an async context manager), then get/put.
+
+    All methods are coroutines except :meth:`namespace`, :meth:`stats` and :meth:`cached`.
+    A ``Memory`` belongs to the event loop it is used on.
+    """
+
+    __slots__ = ("_core", "_fast", "_now", "_prefix")
+
+    def __init__(self, core: Core, prefix: str = "") -> None:
+        self._core = core
+        self._prefix = prefix
+        self._fast = core.fast
+        self._now = core.now
+
+    # -- opening and closing --------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: MemoryConfig | None = None, *, clock: Clock | None = None,
+             **options: Any) -> Memory:
+        """Open the tiers that ``config``, the environment and ``options`` name.
+
+        ``options`` are :class:`MemoryConfig` fields, e.g. ``tiers={Tier.SESSION:
+        "memory://?max_items=1000"}``, ``path=``, ``default_tier=``, ``gpu_pools=``. Explicit
+        arguments win over ``SOPHIA_MEMORY_*`` variables, which win over the TOML file named by
+        ``SOPHIA_MEMORY_CONFIG``. Tiers nobody names take their embedded default.
+
+        Raises :class:`ConfigError` for invalid configuration.
+        """
+        return cls(Core(MemoryConfig.build(config, **options), clock or SystemClock()))
+
+    @classmethod
+    def from_env(cls, *, clock: Clock | None = None) -> Memory:
+        """Open from the environment (and its TOML file) alone."""
+        return cls.open(clock=clock)
+
+    async def __aenter__(self) -> Memory:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Finish background work and release every backend. Idempotent."""
+        await self._core.close()
+
+    @property
+    def config(self) -> MemoryConfig:
+        return self._core.config
+
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        """The enabled tiers, fastest first."""
+        return tuple(s.tier for s in self._core.slots)
+
+    def namespace(self, name: str) -> Memory:
+        """A view whose keys live in namespace ``name`` and cannot collide with other
+        namespaces' (or the root's). Views share tiers, statistics and background work."""
+        if type(name) is not str or not name or _SEP in name or len(name.encode()) > 128:
+            raise InvalidKeyError(f"invalid namespace name {name!r}: a non-empty str of at "
+                                  "most 128 bytes without U+001F")
+        return Memory(self._core, f"{self._prefix}{name}{_SEP}")
+
+    # -- keys and arguments ------------------------------------------------------------------------
+
+    def _key(self, key: object) -> str:
+        """The full key for a user key, or InvalidKeyError."""
+        if type(key) is not str:
+            raise InvalidKeyError(f"keys must be str, got {type(key).__qualname__}")
+        if not key:
+            raise InvalidKeyError("keys must not be empty")
+        if _SEP in key:
+            raise InvalidKeyError("keys must not contain U+001F (the namespace separator)")
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidKeyError("keys must be valid UTF-8 (no lone surrogates)") from None
+        limit = self._core.config.max_key_bytes
+        if size > limit:
+            raise InvalidKeyError(f"key is {size} bytes in UTF-8, over max_key_bytes={limit}")
+        return self._prefix + key
+
+    def _tier(self, tier: Tier | str | int | None) -> Tier:
+        return self._core.config.default_tier if tier is None else tier_of(tier)
+
+    def _expiry(self, ttl: float | timedelta | None, now: float) -> float | None:
+        if ttl is None:
+            return None
+        if isinstance(ttl, timedelta):
+            ttl = ttl.total_seconds()
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
+            raise InvalidArgumentError(f"ttl must be a number of seconds, got {ttl!r}")
+        if ttl <= 0:
+            raise InvalidArgumentError(f"ttl must be positive, got {ttl!r}")
+        return now + ttl
+
+    def _record(self, slot: Slot, value: Any, expires_at: float | None, now: float,
+                pool: str | None) -> Record:
+        core = self._core
+        if slot.tier is Tier.GPU and not is_pool_value(value):
+            raise UnsupportedValueError("Tier.GPU holds arrays and dicts of arrays, not "
+                                        f"{type(value).__qualname__}")
+        if pool is not None and slot.tier is not Tier.GPU:
+            raise InvalidArgumentError("pool= applies to Tier.GPU only")
+        size = core.codec.measure(value)  # refuses unsupported values, for every tier
+        limit = core.config.max_value_bytes
+        if size > limit:
+            raise ValueTooLargeError(size, limit)
+        payload, size = core.payload_for(slot, value) if not slot.obj else (value, size)
+        if size > limit:
+            raise ValueTooLargeError(size, limit)
+        return Record(payload, expires_at, True, size, 0, now, {"pool": pool} if pool else {})
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key`` from the fastest tier holding it, else ``default``.
+
+        A hit below the top tier is promoted in the background (never delaying this call).
+        A tier that fails reads as a miss. Raises :class:`InvalidKeyError` for a bad key and
+        :class:`DecodeError` for a stored payload that cannot be decoded safely.
+        """
+        try:
+            if _SEP not in key:
+                full = self._prefix + key if self._prefix else key
+                for peek, st in self._fast:
+                    rec = peek(full)
+                    if rec is not None:
+                        exp = rec.expires_at
+                        if (exp is None or exp > self._now()) and st.hits & _SAMPLE:
+                            st.hits += 1
+                            return rec.payload
+                        break
+        except TypeError:
+            pass  # not a str: the slow path raises the typed error
+        found = await self._core.lookup(self._key(key))
+        return default if found is None else found[1]
+
+    async def get_entry(self, key: str) -> Entry | None:
+        """The value with its metadata (tier found in, version, expiry), or None."""
+        found = await self._core.lookup(self._key(key))
+        if found is None:
+            return None
+        rec, value, slot = found
+        return Entry(key, value, slot.tier, rec.version, rec.expires_at, rec.created_at,
+                     rec.home)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``{key: value}`` for the keys found (misses are left out). Each tier is asked once
+        for all keys still missing."""
+        keys = list(keys)
+        full = [self._key(k) for k in keys]
+        found = await self._core.lookup_many(full)
+        n = len(self._prefix)
+        return {k[n:]: v for k, v in found.items()}
+
+    async def exists(self, key: str) -> bool:
+        """True if ``key`` holds a live value in any tier (does not promote)."""
+        return await self._core.lookup(self._key(key), promote=False) is not None
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    async def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
+                  ttl: float | timedelta | None = None, pool: str | None = None) -> None:
+        """Store ``value`` under ``key`` in ``tier`` (default: the configured default tier).
+
+        Returns once the home tier has the value (durably, for SQL tiers); copies in faster
+        tiers are invalidated first, so a later ``get`` never returns an older value. Slower
+        tiers are not touched. ``ttl`` is in seconds (or a timedelta) from now. ``pool``
+        picks the L0 pool for ``Tier.GPU``.
+
+        Raises :class:`InvalidKeyError`, :class:`InvalidArgumentError` (bad ttl or tier),
+        :class:`UnsupportedValueError`, :class:`ValueTooLargeError` (nothing is stored), or
+        :class:`TierUnavailableError` when the home tier is off or failing.
+        """
+        full = self._key(key)
+        core = self._core
+        slot = core.slot(self._tier(tier))
+        now = core.now()
+        rec = self._record(slot, value, self._expiry(ttl, now), now, pool)
+        await core.write({full: rec}, slot)
+
+    async def put_many(self, items: Mapping[str, Any], *, tier: Tier | str | int | None = None,
+                       ttl: float | timedelta | None = None) -> None:
+        """Store several values in one tier; all are validated before any is stored, and SQL
+        tiers write them in one transaction."""
+        core = self._core
+        slot = core.slot(self._tier(tier))
+        now = core.now()
+        expires_at = self._expiry(ttl, now)
+        records = {self._key(k): self._record(slot, v, expires_at, now, None)
+                   for k, v in items.items()}
+        if records:
+            await core.write(records, slot)
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key`` from every tier; True if it held a live value anywhere."""
+        return await self._core.delete([self._key(key)]) > 0
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove several keys from every tier; how many held a live value."""
+        full = list(dict.fromkeys(self._key(k) for k in keys))
+        return await self._core.delete(full) if full else 0
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    async def get_or_load(self, key: str, loader: Callable[[], Awaitable[Any] | Any], *,
+                          tier: Tier | str | int | None = None,
+                          ttl: float | timedelta | None = None) -> Any:
+        """The cached value, or ``loader()``'s result stored with ``tier``/``ttl``.
+
+        Single-flight: while one caller loads a key, concurrent callers for the same key wait
+        for that result instead of calling the loader. If the loader raises, every waiter gets
+        the exception and nothing is cached.
+        """
+        full = self._key(key)
+        inflight = self._core.inflight
+        while True:
+            fut = inflight.get(full)
+            if fut is None:
+                break
+            await asyncio.wait([fut])
+            if not fut.cancelled():
+                return fut.result()
+        fut = asyncio.get_running_loop().create_future()
+        inflight[full] = fut
+        try:
+            found = await self._core.lookup(full)
+            if found is not None:
+                value = found[1]
+            else:
+                value = loader()
+                if inspect.isawaitable(value):
+                    value = await value
+                await self.put(key, value, tier=tier, ttl=ttl)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: waiters may be none
+            raise
+        finally:
+            if inflight.get(full) is fut:
+                del inflight[full]
+        fut.set_result(value)
+        return value
+
+    def cached(self, *, tier: Tier | str | int | None = None,
+               ttl: float | timedelta | None = None,
+               key: Callable[..., str] | None = None,
+               ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Decorator memoising an async function in this memory (single-flight per key).
+
+        The key is the function's qualified name plus a stable hash of its bound arguments
+        (JSON-like arguments only), or ``key(*args, **kwargs)`` when given.
+        """
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            sig = inspect.signature(fn)
+            name = f"{fn.__module__}.{fn.__qualname__}"
+
+            @functools.wraps(fn)
+            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                if key is not None:
+                    k = key(*args, **kwargs)
+                else:
+                    bound = sig.bind(*args, **kwargs)
+                    bound.apply_defaults()
+                    k = f"{name}:{canonical_hash(bound.arguments)[:40]}"
+                return cast(R, await self.get_or_load(k, lambda: fn(*args, **kwargs),
+                                                      tier=tier, ttl=ttl))
+            return wrapper
+        return decorate
+
+    # -- maintenance ------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait for background promotions and spills queued so far (tests, shutdown)."""
+        await self._core.flush()
+
+    async def purge_expired(self) -> int:
+        """Remove expired items from tiers that store them; the number removed."""
+        return await self._core.purge_expired()
+
+    async def keys(self, tier: Tier | str | int) -> list[str]:
+        """The live keys of this namespace stored in one tier (for inspection and tests)."""
+        core = self._core
+        slot = core.slot(tier_of(tier))
+        full = await core.call(slot, "keys", self._prefix, core.now())
+        n = len(self._prefix)
+        return sorted(k[n:] for k in full if _SEP not in k[n:])
+
+    def stats(self) -> dict[str, Any]:
+        """Per-tier counters, latency percentiles against the tier's budget, breaker state and
+        backend figures, plus the promotion queue and spill buffer."""
+        core = self._core
+        tiers: dict[str, Any] = {}
+        for slot in core.slots:
+            st = slot.stats
+            pct = st.percentiles()
+            p95 = pct["p95_ms"]
+            tiers[slot.tier.name] = {
+                "backend": slot.backend.describe(), "hits": st.hits, "misses": st.misses,
+                "puts": st.puts, "deletes": st.deletes, "errors": st.errors,
+                "promotions": st.promotions, "spills": st.spills,
+                "spills_dropped": st.spills_dropped, **pct,
+                "budget_ms": slot.tier.budget_ms,
+                "within_budget": None if p95 is None else p95 <= slot.tier.budget_ms,
+                "breaker": slot.breaker.state, **_safe_stats(slot),
+            }
+        for tier, why in core.unavailable.items():
+            tiers[tier.name] = {"enabled": False, "reason": why}
+        queue = core.promo_queue
+        return {"tiers": tiers, "promotions_queued": 0 if queue is None else queue.qsize(),
+                "promotions_dropped": core.promotions_dropped, "spilling": len(core.spilling),
+                "stripes": MASK + 1, "taken_at": time.time()}
+
+
+def _safe_stats(slot: Slot) -> dict[str, Any]:
+    try:
+        return {"backend_stats": slot.backend.stats()}
+    except Exception as exc:  # stats must never raise
+        return {"backend_stats": {"error": str(exc)}}
