@@ -1,0 +1,40 @@
+"""Every built-in backend passes the shipped conformance suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sophia_memory.backends.base import Backend
+from sophia_memory.backends.hostpool import HostPoolBackend
+from sophia_memory.backends.memory import MemoryBackend
+from sophia_memory.backends.sqlite import SQLiteBackend
+from sophia_memory.testing import BackendTests
+
+
+class TestMemoryBackend(BackendTests):
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return MemoryBackend(max_items=100)
+
+
+class TestMemoryBackendBytesBound(BackendTests):
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return MemoryBackend(max_items=None, max_bytes=2000, policy="fifo")
+
+
+class TestSQLiteBackend(BackendTests):
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return SQLiteBackend(tmp_path / "conf.db", "conformance")
+
+
+class TestHostPoolBackend(BackendTests):
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return HostPoolBackend({"inference_cache": 16 * 1024, "buffer": 1024})
+
+    def payload(self, i: int) -> Any:
+        return np.full(8 + i % 3, i, dtype=np.float32)
+
+    def same_payload(self, a: Any, b: Any) -> bool:
+        return bool(np.array_equal(a, b) and a.dtype == b.dtype)
