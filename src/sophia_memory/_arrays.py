@@ -94,7 +94,8 @@ def from_numpy(arr: np.ndarray[Any, Any], kind: str, dtype: str) -> Any:
         try:
             import torch
         except ImportError as exc:
-            raise MissingDependencyError("torch", "torch", "decoding a stored torch tensor") from exc
+            raise MissingDependencyError("torch", "torch",
+                                         "decoding a stored torch tensor") from exc
         t = torch.from_numpy(arr)
         target = getattr(torch, dtype)
         return t if t.dtype == target else t.view(target)

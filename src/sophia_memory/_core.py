@@ -25,21 +25,29 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from ._support import CircuitBreaker, TierStats
 from .backends import Backend, Evicting, ObjectStore, Purging, Remote, open_backend
 from .backends.hostpool import is_pool_value
 from .clock import Clock
 from .codecs import Codec, codec_from_name
 from .config import MemoryConfig
-from .errors import (BackendError, ConfigError, SophiaMemoryError, TierUnavailableError,
-                     ValueTooLargeError)
+from .errors import (
+    BackendError,
+    ConfigError,
+    SophiaMemoryError,
+    TierUnavailableError,
+    ValueTooLargeError,
+)
 from .tiers import Record, Tier
-from ._support import CircuitBreaker, TierStats
 
 log = logging.getLogger("sophia_memory")
 
 STRIPES = 4096
 MASK = STRIPES - 1
 _ARRAY_HITS_MAX = 10_000
+
+
+_Promotion = tuple[str, Any, Record, "Slot", list["Slot"], int]
 
 
 def close_now(backend: Backend) -> None:
@@ -101,7 +109,7 @@ class Core:
         self.gens = [0] * STRIPES
         self.spilling: dict[str, tuple[Any, Record, Slot]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.promo_queue: asyncio.Queue[tuple[str, Any, Record, Slot, list[Slot], int]] | None = None
+        self.promo_queue: asyncio.Queue[_Promotion] | None = None
         self.promoter: asyncio.Task[None] | None = None
         self.promotions_dropped = 0
         self.array_hits: OrderedDict[str, int] = OrderedDict()
@@ -304,13 +312,13 @@ class Core:
         while True:
             key, value, src, found, targets, gen0 = await queue.get()
             try:
-                await self._promote(key, value, src, found.obj, targets, gen0)
+                await self._promote(key, value, src, found.obj, targets=targets, gen0=gen0)
             except Exception as exc:  # a failed promotion only costs a future hit
                 log.debug("promotion of %r failed: %s", key, exc)
             finally:
                 queue.task_done()
 
-    async def _promote(self, key: str, value: Any, src: Record, src_obj: bool,
+    async def _promote(self, key: str, value: Any, src: Record, src_obj: bool, *,
                        targets: list[Slot], gen0: int) -> None:
         stripe = hash(key) & MASK
         async with self.locks[stripe]:

@@ -64,7 +64,8 @@ class ValueTooLargeError(SophiaMemoryError, ValueError):
     """The encoded value is larger than the configured ``max_value_bytes``."""
 
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"value is {size} bytes, over the limit of {limit} bytes (max_value_bytes)")
+        super().__init__(
+            f"value is {size} bytes, over the limit of {limit} bytes (max_value_bytes)")
         self.size = size
         self.limit = limit
 

@@ -24,8 +24,7 @@ from ._support import canonical_hash
 from .backends.hostpool import is_pool_value
 from .clock import Clock, SystemClock
 from .config import MemoryConfig, tier_of
-from .errors import (InvalidArgumentError, InvalidKeyError, UnsupportedValueError,
-                     ValueTooLargeError)
+from .errors import InvalidArgumentError, InvalidKeyError, UnsupportedValueError, ValueTooLargeError
 from .tiers import Entry, Record, Tier
 
 __all__ = ["Memory"]
@@ -164,7 +163,7 @@ class Memory:
             if _SEP not in key:
                 full = self._prefix + key if self._prefix else key
                 for peek, st in self._fast:
-                    rec = peek(full)
+                    rec = peek(full)  # type: ignore[misc]  # fast tiers always have peek
                     if rec is not None:
                         exp = rec.expires_at
                         if (exp is None or exp > self._now()) and st.hits & _SAMPLE:

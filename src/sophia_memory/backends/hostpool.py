@@ -7,7 +7,6 @@ copies arrays into pool memory; ``peek`` returns the resident array without a co
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,5 +143,4 @@ class HostPoolBackend(Backend):
 
     def describe(self) -> str:
         budgets = ", ".join(f"{n}={format_bytes(b)}" for n, b in self.budgets.items())
-        return f"host-memory pools ({budgets}); numpy {np.__version__}" + (
-            "" if "torch" not in sys.modules else "")
+        return f"host-memory pools ({budgets})"

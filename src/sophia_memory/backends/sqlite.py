@@ -18,6 +18,7 @@ operations retried one by one, so one bad operation cannot fail its neighbours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -26,7 +27,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import BackendError, ConfigError
 from ..tiers import Record
@@ -85,7 +86,7 @@ def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]
 class SQLiteEngine:
     """One database file: a read connection, a writer thread with group commit."""
 
-    _registry: dict[str, SQLiteEngine] = {}
+    _registry: ClassVar[dict[str, SQLiteEngine]] = {}
     _registry_lock = threading.Lock()
 
     @classmethod
@@ -222,10 +223,9 @@ class SQLiteEngine:
         for item in results:
             by_loop.setdefault(item[0].get_loop(), []).append(item)
         for loop, items in by_loop.items():
-            try:
+            # RuntimeError: that loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, items)
-            except RuntimeError:  # that loop is closed; nobody is waiting any more
-                pass
 
     def release(self) -> None:
         """Drop one reference; the last one stops the writer and closes the file."""

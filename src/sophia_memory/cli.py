@@ -1,0 +1,224 @@
+"""The ``sophia-memory`` command: ``demo``, ``doctor``, ``stats`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backends import parse_url
+from .config import MemoryConfig
+from .errors import SophiaMemoryError
+from .gpu import detect_gpu
+from .memory import Memory
+from .tiers import Tier
+
+__all__ = ["main"]
+
+_SAMPLE_VALUES: dict[Tier, Any] = {
+    Tier.GPU: np.arange(4096, dtype=np.float32).reshape(64, 64),
+    Tier.SESSION: {"user": 42, "cart": [1, 2, 3], "locale": "en"},
+    Tier.CORTEX: {"model": "llama3-70b", "answer": "Paris is the capital of France."},
+    Tier.PERSISTENT: {"note": "durable memory", "tags": ["a", "b"]},
+    Tier.WORKFLOW: {"step": 3, "status": "running", "inputs": {"doc": 7}},
+}
+
+
+async def _timed(fn: Callable[[], Awaitable[Any]], n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _put_next(mem: Memory, keys: Iterator[str], value: Any, tier: Tier) -> None:
+    await mem.put(next(keys), value, tier=tier)
+
+
+async def measure_tiers(mem: Memory, n: int) -> list[dict[str, Any]]:
+    """Put/get latency of each enabled tier's own storage (promotion is off in ``mem``)."""
+    rows = []
+    for tier in Tier:
+        if tier not in mem.tiers:
+            why = mem.stats()["tiers"][tier.name].get("reason", "switched off")
+            rows.append({"tier": tier, "status": why})
+            continue
+        value = _SAMPLE_VALUES[tier]
+        keys = [f"demo:{tier.name.lower()}:{i}" for i in range(n)]
+        put_keys, get_keys = iter(keys), iter(keys)
+        puts = await _timed(functools.partial(_put_next, mem, put_keys, value, tier), n)
+        gets = await _timed(lambda: mem.get(next(get_keys)), n)  # noqa: B023 - awaited here
+        got = await mem.get(keys[0])
+        ok = bool(np.array_equal(got, value)) if tier is Tier.GPU else got == value
+        rows.append({"tier": tier, "status": "ok" if ok else "WRONG VALUE",
+                     "put_p50": statistics.median(puts), "get_p50": statistics.median(gets),
+                     "get_p95": _pct(gets, 0.95), "put_p95": _pct(puts, 0.95)})
+    return rows
+
+
+def print_tier_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'tier':<14}{'put p50':>10}{'get p50':>10}{'get p95':>10}{'budget':>9}  verdict")
+    for row in rows:
+        tier: Tier = row["tier"]
+        label = f"L{tier.value} {tier.name}"
+        if "get_p50" not in row:
+            print(f"{label:<14}{'-':>10}{'-':>10}{'-':>10}{tier.budget_ms:>7.0f}ms  "
+                  f"not available: {row['status']}")
+            continue
+        worst = max(row["get_p95"], row["put_p95"])
+        verdict = row["status"] if row["status"] != "ok" else (
+            f"within budget ({tier.budget_ms / worst:,.0f}x headroom)"
+            if worst <= tier.budget_ms else "OVER BUDGET")
+        print(f"{label:<14}{row['put_p50']:>8.3f}ms{row['get_p50']:>8.3f}ms"
+              f"{row['get_p95']:>8.3f}ms{tier.budget_ms:>7.0f}ms  {verdict}")
+
+
+async def _demo(n: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="sophia-demo-") as tmp:
+        path = Path(tmp) / "memory.db"
+        print(f"sophia_memory {__version__} demo on the embedded default (database {path})\n")
+        async with Memory.open(path=str(path), promote=False) as mem:
+            for tier in mem.tiers:
+                backend = mem.stats()["tiers"][tier.name]["backend"]
+                print(f"  L{tier.value} {tier.name:<11} {backend}")
+            print(f"\nlatency of each tier's own storage, {n} puts and gets each "
+                  "(p95 against the platform's budget):")
+            rows = await measure_tiers(mem, n)
+            print_tier_table(rows)
+        async with Memory.open(path=str(path)) as mem:
+            print("\npromotion: a PERSISTENT value read once is copied into SESSION")
+            entry = await mem.get_entry("demo:persistent:0")
+            assert entry is not None
+            print(f"  first get served by {entry.tier}")
+            await mem.flush()
+            entry = await mem.get_entry("demo:persistent:0")
+            assert entry is not None
+            print(f"  after flush, served by {entry.tier} (a copy; its home stays PERSISTENT)")
+
+            @mem.cached(tier=Tier.CORTEX, ttl=3600)
+            async def complete(prompt: str, model: str) -> str:
+                await asyncio.sleep(0.05)  # stands in for an LLM call
+                return f"[{model}] answer to {prompt!r}"
+
+            t0 = time.perf_counter()
+            await complete("What is tiered memory?", "llama3-70b")
+            cold = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            await complete("What is tiered memory?", "llama3-70b")
+            warm = (time.perf_counter() - t0) * 1000
+            print(f"\ncached LLM call: {cold:.1f} ms cold, {warm:.3f} ms from the cache")
+        failed = [r for r in rows if r["status"] not in ("ok",) and "get_p50" in r]
+        return 1 if failed else 0
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _doctor() -> int:
+    print(f"sophia_memory {__version__} on Python {platform.python_version()} "
+          f"({platform.platform()})")
+    for dist in ("numpy", "msgpack", "torch", "cupy-cuda12x", "cupy-cuda13x", "redis",
+                 "snowflake-connector-python"):
+        print(f"  {dist:<28}{_dist_version(dist)}")
+    gpu = detect_gpu()
+    print(f"\nGPU: {gpu.name} ({gpu.total_bytes} bytes)" if gpu.available else
+          f"\nGPU: none usable - {gpu.reason}; L0 runs on host-memory pools")
+    try:
+        config = MemoryConfig.build()
+    except SophiaMemoryError as exc:
+        print(f"\nconfiguration: INVALID - {exc}")
+        return 1
+    print(f"\nembedded database: {config.resolved_path()}")
+    print(f"default tier: {config.default_tier}")
+    for tier in Tier:
+        url = config.url_for(tier)
+        shown = "off" if url is None else parse_url(url).redacted()
+        print(f"  L{tier.value} {tier.name:<11} {shown}")
+    try:
+        mem = Memory.open(config)
+    except SophiaMemoryError as exc:
+        print(f"\nopening the tiers failed: {exc}")
+        return 1
+    stats = mem.stats()["tiers"]
+    print()
+    for tier in Tier:
+        info = stats[tier.name]
+        if info.get("enabled") is False:
+            print(f"  L{tier.value} {tier.name:<11} not available: {info['reason']}")
+        else:
+            print(f"  L{tier.value} {tier.name:<11} ok: {info['backend']}")
+            pools = info.get("backend_stats", {}).get("pools")
+            for name, pool in (pools or {}).items():
+                print(f"      pool {name:<16} limit {pool['limit']:>12,} B"
+                      f"  used {pool['used']:,} B")
+    asyncio.run(mem.close())
+    print("\nno problems found")
+    return 0
+
+
+async def _stats() -> int:
+    async with Memory.open() as mem:
+        print(json.dumps(mem.stats(), indent=2, default=str))
+    return 0
+
+
+async def _bench(n: int) -> int:
+    async with Memory.open(promote=False) as mem:
+        print(f"per-tier latency of the configured memory, {n} operations each:")
+        rows = await measure_tiers(mem, n)
+        print_tier_table(rows)
+        for row in rows:
+            if "get_p50" in row:
+                await mem.delete_many([f"demo:{row['tier'].name.lower()}:{i}" for i in range(n)])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sophia-memory", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="exercise all six tiers on the embedded default")
+    demo.add_argument("-n", type=int, default=300, help="operations per tier")
+    sub.add_parser("doctor", help="report what was detected and what is misconfigured")
+    sub.add_parser("stats", help="print the statistics of the configured memory")
+    bench = sub.add_parser("bench", help="per-tier latency of the configured memory")
+    bench.add_argument("-n", type=int, default=1000, help="operations per tier")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return asyncio.run(_demo(args.n))
+        if args.command == "doctor":
+            return _doctor()
+        if args.command == "stats":
+            return asyncio.run(_stats())
+        return asyncio.run(_bench(args.n))
+    except SophiaMemoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
