@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sophia_memory import ManualClock, Memory, Tier
+from sophia_memory import ManualClock, Tier
 
 from .conftest import small_memory
 
