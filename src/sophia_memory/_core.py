@@ -114,6 +114,7 @@ class Core:
         self.promotions_dropped = 0
         self.array_hits: OrderedDict[str, int] = OrderedDict()
         self.inflight: dict[str, asyncio.Future[Any]] = {}
+        self.purger: asyncio.Task[None] | None = None
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -412,8 +413,6 @@ class Core:
             for s in stripes:
                 self.gens[s] += 1
             try:
-                for k in records:
-                    self.spilling.pop(k, None)
                 if slot.obj:
                     for k, rec in records.items():
                         slot.put_nowait(k, rec)  # type: ignore[misc]
@@ -423,7 +422,10 @@ class Core:
                 else:
                     await self.call(slot, "put_many", records)
                 slot.stats.puts += len(records)
+                for k in records:  # only now: a failed write must not lose an item in transit
+                    self.spilling.pop(k, None)
                 await self._invalidate(list(records), self.slots[: slot.index])
+                self._ensure_purger()
             finally:
                 for s in stripes:
                     self.gens[s] += 1
@@ -482,7 +484,11 @@ class Core:
     # -- background work -------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Wait until promotions and spills queued so far are done."""
+        """Wait until promotions and spills queued so far are done; spills that failed
+        earlier are tried once more."""
+        if self.spilling and not any(not t.done() for t in self.tasks):
+            for key, entry in list(self.spilling.items()):
+                self.spawn(self._spill(key, entry))
         while True:
             if self.promo_queue is not None and self.promoter is not None:
                 await self.promo_queue.join()
@@ -492,6 +498,19 @@ class Core:
                 continue
             if self.promo_queue is None or self.promo_queue.empty():
                 return
+
+    def _ensure_purger(self) -> None:
+        if self.purger is None and self.config.purge_interval > 0 and any(
+                isinstance(s.backend, Purging) and not s.obj for s in self.slots):
+            self.purger = asyncio.get_running_loop().create_task(self._purge_loop())
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.purge_interval)  # real time: a maintenance cadence
+            try:
+                await self.purge_expired()
+            except Exception as exc:
+                log.warning("background purge failed: %s", exc)
 
     async def purge_expired(self) -> int:
         now = self.now()
@@ -510,10 +529,11 @@ class Core:
         with contextlib.suppress(Exception):
             await self.flush()
         self.closed = True
-        if self.promoter is not None:
-            self.promoter.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.promoter
+        for worker in (self.promoter, self.purger):
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker
         for task in list(self.tasks):
             task.cancel()
         for slot in self.slots:

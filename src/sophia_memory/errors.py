@@ -61,13 +61,17 @@ class UnsupportedValueError(SophiaMemoryError, TypeError):
 
 
 class ValueTooLargeError(SophiaMemoryError, ValueError):
-    """The encoded value is larger than the configured ``max_value_bytes``."""
+    """The value is larger than ``max_value_bytes`` or than the whole bounded tier or pool.
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"value is {size} bytes, over the limit of {limit} bytes (max_value_bytes)")
+    ``limit`` is the limit in bytes when known; ``what`` names the limit.
+    """
+
+    def __init__(self, size: int, limit: int | None, what: str = "max_value_bytes") -> None:
+        over = f"the limit of {limit} bytes" if limit is not None else "the capacity"
+        super().__init__(f"value is {size} bytes, over {over} ({what})")
         self.size = size
         self.limit = limit
+        self.what = what
 
 
 class DecodeError(SophiaMemoryError):

@@ -149,6 +149,8 @@ class Memory:
         payload, size = core.payload_for(slot, value) if not slot.obj else (value, size)
         if size > limit:
             raise ValueTooLargeError(size, limit)
+        if slot.obj and not slot.fits(size):  # type: ignore[misc]
+            raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
         return Record(payload, expires_at, True, size, 0, now, {"pool": pool} if pool else {})
 
     # -- reads ------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ class BoundedStore:
     def set(self, key: str, rec: Record) -> None:
         """Insert or replace, evicting others first so the limits hold afterwards."""
         if not self.fits(rec.size):
-            raise ValueTooLargeError(rec.size, self.max_bytes or 0)
+            raise ValueTooLargeError(rec.size, self.max_bytes, "the store's max_bytes")
         old = self.data.pop(key, None)
         if old is not None:
             self.bytes -= old.size

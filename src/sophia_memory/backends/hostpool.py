@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import array_kind, is_array_dict
-from ..errors import ConfigError, UnsupportedValueError
+from ..errors import ConfigError, UnsupportedValueError, ValueTooLargeError
 from ..policies import BoundedStore, EvictionListener, LRUPolicy
 from ..pools import format_bytes
 from ..tiers import Record
@@ -90,6 +90,9 @@ class HostPoolBackend(Backend):
             raise UnsupportedValueError(
                 "the GPU tier holds arrays and dicts of arrays, not "
                 f"{type(record.payload).__qualname__}")
+        pool = self.pools[name]
+        if not pool.fits(record.size):  # before anything changes
+            raise ValueTooLargeError(record.size, pool.max_bytes, f"GPU pool {name!r}")
         record.payload = copy_array_value(record.payload)
         old = self._where.get(key)
         if old is not None and old != name:
