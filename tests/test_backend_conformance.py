@@ -11,6 +11,7 @@ from sophia_memory.backends.base import Backend
 from sophia_memory.backends.hostpool import HostPoolBackend
 from sophia_memory.backends.memory import MemoryBackend
 from sophia_memory.backends.sqlite import SQLiteBackend
+from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
 from sophia_memory.testing import BackendTests
 
 
@@ -27,6 +28,11 @@ class TestMemoryBackendBytesBound(BackendTests):
 class TestSQLiteBackend(BackendTests):
     async def make_backend(self, tmp_path: Path) -> Backend:
         return SQLiteBackend(tmp_path / "conf.db", "conformance")
+
+
+class TestSQLiteVersionedBackend(BackendTests):
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return SQLiteVersionedBackend(tmp_path / "conf.db", "workflow_conformance", retain=5)
 
 
 class TestHostPoolBackend(BackendTests):

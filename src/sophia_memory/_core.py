@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._support import CircuitBreaker, TierStats
-from .backends import Backend, Evicting, ObjectStore, Purging, Remote, open_backend
+from .backends import Backend, Evicting, ObjectStore, Purging, Remote, Versioned, open_backend
 from .backends.hostpool import is_pool_value
 from .clock import Clock
 from .codecs import Codec, codec_from_name
@@ -67,7 +67,7 @@ class Slot:
     """One enabled tier: its backend, abilities, breaker and counters."""
 
     __slots__ = ("backend", "breaker", "discard", "fits", "index", "obj", "peek", "pop_nowait",
-                 "put_nowait", "stats", "tier", "timeout")
+                 "put_nowait", "stats", "tier", "timeout", "versioned")
 
     def __init__(self, tier: Tier, backend: Backend, index: int, breaker: CircuitBreaker,
                  timeout: float | None) -> None:
@@ -75,6 +75,7 @@ class Slot:
         self.backend = backend
         self.index = index
         self.obj = isinstance(backend, ObjectStore)
+        self.versioned = isinstance(backend, Versioned)
         b: Any = backend
         self.peek = b.peek if self.obj else None
         self.put_nowait = b.put_nowait if self.obj else None
@@ -403,8 +404,14 @@ class Core:
 
     # -- write path ----------------------------------------------------------------------------
 
-    async def write(self, records: dict[str, Record], slot: Slot) -> None:
-        """Store home ``records`` in ``slot`` and invalidate the keys in every tier above."""
+    async def write(self, records: dict[str, Record], slot: Slot,
+                    expected_version: int | None = None) -> int | None:
+        """Store home ``records`` in ``slot`` and invalidate the keys in every tier above.
+
+        For a versioned tier and one record, returns the version written (and checks
+        ``expected_version``); otherwise None.
+        """
+        version: int | None = None
         self.check_open()
         stripes = sorted({hash(k) & MASK for k in records})
         async with contextlib.AsyncExitStack() as stack:
@@ -416,6 +423,10 @@ class Core:
                 if slot.obj:
                     for k, rec in records.items():
                         slot.put_nowait(k, rec)  # type: ignore[misc]
+                elif slot.versioned and len(records) == 1:
+                    (k, rec), = records.items()
+                    version = await self.call(slot, "append", k, rec, expected_version)
+                    rec.version = version
                 elif len(records) == 1:
                     (k, rec), = records.items()
                     await self.call(slot, "put", k, rec)
@@ -429,6 +440,7 @@ class Core:
             finally:
                 for s in stripes:
                     self.gens[s] += 1
+        return version
 
     async def _invalidate(self, keys: list[str], slots: Iterable[Slot]) -> None:
         now = self.now()

@@ -72,6 +72,8 @@ class MemoryConfig:
     gpu_reserve: float | int | str = 0.02
     #: Total memory of the host-memory pools standing in for a GPU.
     host_pool_memory: int | str = "1GiB"
+    #: Versions kept per workflow key (older ones are purged); None keeps all.
+    workflow_retain: int | None = 100
     session_max_items: int | None = 100_000
     session_max_bytes: int | None = 512 * 2**20
     max_key_bytes: int = 1024

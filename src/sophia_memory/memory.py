@@ -155,13 +155,17 @@ class Memory:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def get(self, key: str, default: Any = None) -> Any:
+    async def get(self, key: str, default: Any = None, *, version: int | None = None) -> Any:
         """The value under ``key`` from the fastest tier holding it, else ``default``.
 
         A hit below the top tier is promoted in the background (never delaying this call).
-        A tier that fails reads as a miss. Raises :class:`InvalidKeyError` for a bad key and
+        A tier that fails reads as a miss. ``version=n`` reads version n of a workflow key
+        (``Tier.WORKFLOW``) instead. Raises :class:`InvalidKeyError` for a bad key and
         :class:`DecodeError` for a stored payload that cannot be decoded safely.
         """
+        if version is not None:
+            entry = await self._version_entry(key, version)
+            return default if entry is None else entry.value
         try:
             if _SEP not in key:
                 full = self._prefix + key if self._prefix else key
@@ -187,6 +191,41 @@ class Memory:
         return Entry(key, value, slot.tier, rec.version, rec.expires_at, rec.created_at,
                      rec.home)
 
+    def _workflow(self) -> Slot:
+        slot = self._core.slot(Tier.WORKFLOW)
+        if not slot.versioned:
+            raise InvalidArgumentError(f"the WORKFLOW backend ({slot.backend.describe()}) "
+                                       "keeps no versions")
+        return slot
+
+    def _entry(self, key: str, rec: Record, slot: Slot) -> Entry:
+        return Entry(key, self._core.decode(slot, rec), slot.tier, rec.version, rec.expires_at,
+                     rec.created_at, rec.home)
+
+    async def _version_entry(self, key: str, version: int) -> Entry | None:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidArgumentError(f"version must be an int >= 1, got {version!r}")
+        full = self._key(key)
+        core = self._core
+        slot = self._workflow()
+        rec = await core.call(slot, "get_version", full, version)
+        if rec is None or rec.expired(core.now()):
+            return None
+        return self._entry(key, rec, slot)
+
+    async def history(self, key: str, limit: int | None = None) -> list[Entry]:
+        """The kept versions of a workflow key, newest first (``Entry.version``,
+        ``Entry.created_at``); expired versions are left out. Empty for an unknown key."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise InvalidArgumentError(f"limit must be an int >= 1, got {limit!r}")
+        full = self._key(key)
+        core = self._core
+        slot = self._workflow()
+        now = core.now()
+        records = await core.call(slot, "history", full, limit)
+        return [self._entry(key, r, slot) for r in records if not r.expired(now)]
+
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the keys found (misses are left out). Each tier is asked once
         for all keys still missing."""
@@ -203,13 +242,19 @@ class Memory:
     # -- writes -----------------------------------------------------------------------------------
 
     async def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
-                  ttl: float | timedelta | None = None, pool: str | None = None) -> None:
+                  ttl: float | timedelta | None = None, pool: str | None = None,
+                  expected_version: int | None = None) -> int | None:
         """Store ``value`` under ``key`` in ``tier`` (default: the configured default tier).
 
         Returns once the home tier has the value (durably, for SQL tiers); copies in faster
         tiers are invalidated first, so a later ``get`` never returns an older value. Slower
         tiers are not touched. ``ttl`` is in seconds (or a timedelta) from now. ``pool``
         picks the L0 pool for ``Tier.GPU``.
+
+        ``Tier.WORKFLOW`` keeps versions: the put appends one and returns its number;
+        ``expected_version=n`` appends only if the newest version is n (0: the key must not
+        exist), else raises :class:`VersionConflictError` with ``current_version``. Other tiers
+        return None.
 
         Raises :class:`InvalidKeyError`, :class:`InvalidArgumentError` (bad ttl or tier),
         :class:`UnsupportedValueError`, :class:`ValueTooLargeError` (nothing is stored), or
@@ -218,9 +263,17 @@ class Memory:
         full = self._key(key)
         core = self._core
         slot = core.slot(self._tier(tier))
+        if expected_version is not None:
+            if not slot.versioned:
+                raise InvalidArgumentError(f"expected_version applies to a versioned tier "
+                                           f"(Tier.WORKFLOW), not {slot.tier}")
+            if (isinstance(expected_version, bool) or not isinstance(expected_version, int)
+                    or expected_version < 0):
+                raise InvalidArgumentError(f"expected_version must be an int >= 0, got "
+                                           f"{expected_version!r}")
         now = core.now()
         rec = self._record(slot, value, self._expiry(ttl, now), now, pool)
-        await core.write({full: rec}, slot)
+        return await core.write({full: rec}, slot, expected_version)
 
     async def put_many(self, items: Mapping[str, Any], *, tier: Tier | str | int | None = None,
                        ttl: float | timedelta | None = None) -> None:

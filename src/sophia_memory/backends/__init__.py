@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigError
-from .base import Backend, Evicting, ObjectStore, Purging, Remote
+from .base import Backend, Evicting, ObjectStore, Purging, Remote, Versioned
 
 if TYPE_CHECKING:
     from ..config import MemoryConfig
     from ..tiers import Tier
 
 __all__ = ["Backend", "BackendURL", "Evicting", "ObjectStore", "Purging", "Remote",
-           "open_backend", "parse_url", "register"]
+           "Versioned", "open_backend", "parse_url", "register"]
 
 
 @dataclass
@@ -126,6 +126,14 @@ def _sqlite(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
         path = str(config.resolved_path())
     table = url.options.pop("table", tier.name.lower())
     synchronous = url.options.pop("synchronous", "normal")
+    versioned = url.options.pop("versioned", "1" if tier.name == "WORKFLOW" else "0")
+    if versioned not in ("0", "1"):
+        raise ConfigError(f"{url.redacted()}: versioned must be 0 or 1")
+    if versioned == "1":
+        from .sqlite_versioned import SQLiteVersionedBackend
+
+        retain = url.pop_int("retain", config.workflow_retain)
+        return SQLiteVersionedBackend(path, table, synchronous, retain)
     return SQLiteBackend(path, table, synchronous)
 
 

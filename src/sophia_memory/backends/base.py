@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from ..policies import EvictionListener
 from ..tiers import Record
 
-__all__ = ["Backend", "Evicting", "ObjectStore", "Purging", "Remote"]
+__all__ = ["Backend", "Evicting", "ObjectStore", "Purging", "Remote", "Versioned"]
 
 
 class Backend(ABC):
@@ -146,3 +146,26 @@ class Remote(Protocol):
     (``call_timeout`` seconds) and a circuit breaker."""
 
     call_timeout: float
+
+
+@runtime_checkable
+class Versioned(Protocol):
+    """Keeps every version of a key (the workflow tier). ``get`` returns the newest version;
+    ``put`` appends one; ``delete`` removes all versions."""
+
+    async def append(self, key: str, record: Record, expected_version: int | None) -> int:
+        """Append ``record`` as the next version and return its number (1 for a new key).
+
+        With ``expected_version``, append only if the newest version is exactly that (0: the
+        key must not exist); otherwise raise :class:`VersionConflictError` carrying the
+        current version.
+        """
+        ...
+
+    async def get_version(self, key: str, version: int) -> Record | None:
+        """The record of one version, or None when it does not exist (or was purged)."""
+        ...
+
+    async def history(self, key: str, limit: int | None) -> list[Record]:
+        """The kept versions, newest first (at most ``limit``)."""
+        ...

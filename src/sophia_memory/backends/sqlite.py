@@ -131,8 +131,15 @@ class SQLiteEngine:
             conn.execute(f"PRAGMA {pragma}")
         return conn
 
+    def execute_script(self, script: str) -> None:
+        """Run DDL on the read connection (at open time, before any write is queued)."""
+        try:
+            self.reader.executescript(script)
+        except sqlite3.Error as exc:
+            raise BackendError(f"SQLite schema change failed: {exc}") from exc
+
     def ensure_table(self, table: str) -> None:
-        """Create ``table`` (and its expiry index) if missing."""
+        """Create the key/value ``table`` (and its expiry index) if missing."""
         check_identifier(table)
         try:
             self.reader.executescript(f"""
@@ -257,7 +264,11 @@ class SQLiteBackend(Backend):
         if str(path) in ("", ":memory:"):
             raise ConfigError("sqlite needs a file path (use memory:// for an in-process tier)")
         self.engine = SQLiteEngine.acquire(path, synchronous)
-        self.engine.ensure_table(table)
+        try:
+            self._create_table(table)
+        except BaseException:
+            self.engine.release()
+            raise
         self._closed = False
         t = f'"{table}"'
         self._sql_get = f"SELECT {_COLS} FROM {t} WHERE key = ?"
@@ -271,6 +282,9 @@ class SQLiteBackend(Backend):
         self._sql_delete = f"DELETE FROM {t} WHERE key = ? RETURNING expires_at"
         self._sql_purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
         self._t = t
+
+    def _create_table(self, table: str) -> None:
+        self.engine.ensure_table(table)
 
     def _read(self, sql: str, params: Any) -> list[Any]:
         try:
