@@ -106,3 +106,14 @@ async def test_bad_version_arguments(mem: Memory) -> None:
         await mem.get("wf", version=0)
     with pytest.raises(InvalidArgumentError):
         await mem.history("wf", limit=0)
+
+
+async def test_purge_never_resurrects_an_older_version(mem: Memory, clock: ManualClock) -> None:
+    await mem.put("wf", "old", tier=Tier.WORKFLOW)
+    await mem.put("wf", "new", tier=Tier.WORKFLOW, ttl=1)
+    clock.advance(1)
+    assert await mem.get("wf") is None
+    await mem.purge_expired()
+    assert await mem.get("wf") is None
+    assert not await mem.exists("wf")
+    assert await mem.history("wf") == []

@@ -92,8 +92,7 @@ class VectorIndex:
         self._mat, self._row_ns = mat, ns
 
     def _ns_id(self, key: str) -> int:
-        cut = key.find(NS_SEP)
-        ns = key[:cut + 1] if cut >= 0 else ""
+        ns = key[:key.find(NS_SEP) + 1]  # "" when there is no separator
         return self._ns_ids.setdefault(ns, len(self._ns_ids))
 
     # -- validation --------------------------------------------------------------------------
@@ -121,8 +120,11 @@ class VectorIndex:
             raise InvalidArgumentError(f"{what} has dimension {width}, the index has {dim}")
         if arr.shape[0] == 0:
             return arr.astype(xp.float32)  # no rows: fixes no dimension
-        arr = arr.astype(xp.float32, copy=False)
-        if not bool(xp.isfinite(arr).all()):
+        with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+            arr = arr.astype(xp.float32, copy=False)
+        # A finite sum proves every element finite (NaN and inf propagate) without a mask;
+        # only a non-finite sum, which may be a mere overflow, needs the elementwise check.
+        if not bool(xp.isfinite(arr.sum())) and not bool(xp.isfinite(arr).all()):
             raise InvalidArgumentError(f"{what} contains NaN or infinity (after casting to "
                                        "float32)")
         if self.metric == "cosine":
@@ -161,7 +163,10 @@ class VectorIndex:
 
         Existing keys get their row replaced; a key repeated in ``keys`` keeps its last row.
         """
-        keys = [self._check_key(k) for k in keys]
+        keys = list(keys)
+        if not all(isinstance(k, str) and k for k in keys):
+            for k in keys:
+                self._check_key(k)
         arr = self._coerce(matrix, 2, "matrix", fix_dim=True)
         if arr.shape[0] != len(keys):
             raise InvalidArgumentError(f"{len(keys)} keys for {arr.shape[0]} rows")
@@ -169,24 +174,28 @@ class VectorIndex:
             self._put(keys, arr)
 
     def _put(self, keys: list[str], arr: Any) -> None:
-        n0 = len(self._keys)
-        self._reserve(n0 + len(keys))
-        rows_of, names, ns = self._rows, self._keys, self._row_ns
-        targets = np.empty(len(keys), np.int64)
+        n0, m = len(self._keys), len(keys)
+        self._reserve(n0 + m)
+        rows_of, names = self._rows, self._keys
+        fresh = dict(zip(keys, range(n0, n0 + m), strict=True))
+        if len(fresh) == m and rows_of.keys().isdisjoint(fresh):  # all new and distinct
+            rows_of.update(fresh)
+            names.extend(keys)
+            ids = self._ns_ids
+            known = ids.setdefault  # inlined _ns_id: this loop is most of a bulk insert
+            self._row_ns[n0:n0 + m] = [known(k[:k.find(NS_SEP) + 1], len(ids)) for k in keys]
+            self._mat[n0:n0 + m] = arr
+            return
+        last: dict[int, int] = {}  # row -> position in keys of its last occurrence
         for i, key in enumerate(keys):
             row = rows_of.get(key)
             if row is None:
                 row = rows_of[key] = len(names)
                 names.append(key)
-                ns[row] = self._ns_id(key)
-            targets[i] = row
-        n = len(names)
-        if n - n0 == len(keys):  # all new and distinct: one contiguous copy
-            self._mat[n0:n] = arr
-            return
-        last = {row: i for i, row in enumerate(targets.tolist())}  # last occurrence wins
-        src = np.fromiter(last.values(), np.int64, len(last))
+                self._row_ns[row] = self._ns_id(key)
+            last[row] = i
         dst = np.fromiter(last.keys(), np.int64, len(last))
+        src = np.fromiter(last.values(), np.int64, len(last))
         self._mat[self._xp.asarray(dst)] = arr[self._xp.asarray(src)]
 
     def remove(self, key: str) -> bool:

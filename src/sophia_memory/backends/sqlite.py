@@ -26,6 +26,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +39,7 @@ __all__ = ["SQLiteBackend", "SQLiteEngine", "default_path"]
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _BATCH_MAX = 2048
 _IN_CHUNK = 500
-_COLS = "payload, expires_at, home, size, version, created_at, extra"
+_COLS = "payload, expires_at, home, size, version, created_at, extra"  # default layout
 
 
 def default_path() -> Path:
@@ -138,27 +139,6 @@ class SQLiteEngine:
         except sqlite3.Error as exc:
             raise BackendError(f"SQLite schema change failed: {exc}") from exc
 
-    def ensure_table(self, table: str) -> None:
-        """Create the key/value ``table`` (and its expiry index) if missing."""
-        check_identifier(table)
-        try:
-            self.reader.executescript(f"""
-                CREATE TABLE IF NOT EXISTS "{table}" (
-                    key TEXT NOT NULL UNIQUE,
-                    payload BLOB NOT NULL,
-                    expires_at REAL,
-                    home INTEGER NOT NULL DEFAULT 1,
-                    size INTEGER NOT NULL DEFAULT 0,
-                    version INTEGER NOT NULL DEFAULT 0,
-                    created_at REAL NOT NULL,
-                    extra TEXT
-                );
-                CREATE INDEX IF NOT EXISTS "{table}_expires" ON "{table}"(expires_at)
-                    WHERE expires_at IS NOT NULL;
-            """)
-        except sqlite3.Error as exc:
-            raise BackendError(f"cannot create table {table}: {exc}") from exc
-
     # -- writes -----------------------------------------------------------------------------
 
     def submit(self, sql: str, params: Any, *, many: bool = False,
@@ -248,16 +228,56 @@ class SQLiteEngine:
         self.reader.close()
 
 
-def _row_to_record(row: tuple[Any, ...]) -> Record:
-    payload, expires_at, home, size, version, created_at, extra = row
-    return Record(payload, expires_at, bool(home), size, version, created_at,
-                  json.loads(extra) if extra else {})
+@dataclass(frozen=True)
+class Layout:
+    """Column names of a tier's table. ``meta`` columns hold ``Record.extra`` entries of the
+    same name (e.g. the Cortex table's ``processing_time_ms``) so analysts can query them."""
+
+    key: str = "key"
+    value: str = "payload"
+    meta: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def columns(self) -> str:
+        """The record columns, in :func:`_row_to_record` order."""
+        meta = "".join(f", {name}" for name, _ in self.meta)
+        return f"{self.value}, expires_at, home, size, version, created_at, extra{meta}"
+
+    def ddl(self, table: str) -> str:
+        meta = "".join(f",\n    {name} {sqltype}" for name, sqltype in self.meta)
+        return f"""
+            CREATE TABLE IF NOT EXISTS "{table}" (
+                {self.key} TEXT NOT NULL UNIQUE,
+                {self.value} BLOB NOT NULL,
+                expires_at REAL,
+                home INTEGER NOT NULL DEFAULT 1,
+                size INTEGER NOT NULL DEFAULT 0,
+                version INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL,
+                extra TEXT{meta}
+            );
+            CREATE INDEX IF NOT EXISTS "{table}_expires" ON "{table}"(expires_at)
+                WHERE expires_at IS NOT NULL;
+        """
+
+
+DEFAULT_LAYOUT = Layout()
+
+
+def _row_to_record(row: tuple[Any, ...], layout: Layout = DEFAULT_LAYOUT) -> Record:
+    payload, expires_at, home, size, version, created_at, extra = row[:7]
+    extras = json.loads(extra) if extra else {}
+    for (name, _), value in zip(layout.meta, row[7:], strict=True):
+        if value is not None:
+            extras[name] = value
+    return Record(payload, expires_at, bool(home), size, version, created_at, extras)
 
 
 class SQLiteBackend(Backend):
     """One tier's table in an embedded SQLite file."""
 
     scheme = "sqlite"
+    layout: Layout = DEFAULT_LAYOUT
 
     def __init__(self, path: str | Path, table: str, synchronous: str = "normal") -> None:
         self.table = check_identifier(table)
@@ -271,20 +291,24 @@ class SQLiteBackend(Backend):
             raise
         self._closed = False
         t = f'"{table}"'
-        self._sql_get = f"SELECT {_COLS} FROM {t} WHERE key = ?"
-        self._sql_exists = (f"SELECT 1 FROM {t} WHERE key = ? AND "
+        lay = self.layout
+        k, cols = lay.key, lay.columns
+        marks = ", ".join("?" * (8 + len(lay.meta)))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols.split(", "))
+        self._sql_get = f"SELECT {cols} FROM {t} WHERE {k} = ?"
+        self._sql_get_many = f"SELECT {k}, {cols} FROM {t} WHERE {k} IN "
+        self._sql_exists = (f"SELECT 1 FROM {t} WHERE {k} = ? AND "
                             "(expires_at IS NULL OR expires_at > ?)")
-        self._sql_put = (f"INSERT INTO {t} (key, {_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                         "ON CONFLICT(key) DO UPDATE SET payload = excluded.payload, "
-                         "expires_at = excluded.expires_at, home = excluded.home, "
-                         "size = excluded.size, version = excluded.version, "
-                         "created_at = excluded.created_at, extra = excluded.extra")
-        self._sql_delete = f"DELETE FROM {t} WHERE key = ? RETURNING expires_at"
+        self._sql_put = (f"INSERT INTO {t} ({k}, {cols}) VALUES ({marks}) "
+                         f"ON CONFLICT({k}) DO UPDATE SET {updates}")
+        self._sql_delete = f"DELETE FROM {t} WHERE {k} = ? RETURNING expires_at"
+        self._sql_delete_many = f"DELETE FROM {t} WHERE {k} IN "
+        self._sql_keys = f"SELECT {k} FROM {t} WHERE (expires_at IS NULL OR expires_at > ?)"
         self._sql_purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
         self._t = t
 
     def _create_table(self, table: str) -> None:
-        self.engine.ensure_table(table)
+        self.engine.execute_script(self.layout.ddl(table))
 
     def _read(self, sql: str, params: Any) -> list[Any]:
         try:
@@ -292,17 +316,24 @@ class SQLiteBackend(Backend):
         except sqlite3.Error as exc:
             raise BackendError(f"SQLite read failed: {exc}") from exc
 
-    @staticmethod
-    def _params(key: str, r: Record) -> tuple[Any, ...]:
+    def _params(self, key: str, r: Record) -> tuple[Any, ...]:
+        meta = self.layout.meta
+        extra = r.extra
+        if meta and extra:
+            names = {name for name, _ in meta}
+            rest = {n: v for n, v in extra.items() if n not in names}
+            values = tuple(extra.get(name) for name, _ in meta)
+        else:
+            rest, values = extra, (None,) * len(meta)
         return (key, r.payload, r.expires_at, int(r.home), r.size, r.version, r.created_at,
-                json.dumps(r.extra) if r.extra else None)
+                json.dumps(rest) if rest else None, *values)
 
     async def get(self, key: str, now: float) -> Record | None:
         try:
             row = self.engine.reader.execute(self._sql_get, (key,)).fetchone()
         except sqlite3.Error as exc:
             raise BackendError(f"SQLite read failed: {exc}") from exc
-        return None if row is None else _row_to_record(row)
+        return None if row is None else _row_to_record(row, self.layout)
 
     async def exists(self, key: str, now: float) -> bool:
         return bool(self._read(self._sql_exists, (key, now)))
@@ -313,9 +344,8 @@ class SQLiteBackend(Backend):
         for i in range(0, len(keys), _IN_CHUNK):
             chunk = keys[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in self._read(f"SELECT key, {_COLS} FROM {self._t} WHERE key IN ({marks})",
-                                  chunk):
-                found[row[0]] = _row_to_record(row[1:])
+            for row in self._read(f"{self._sql_get_many}({marks})", chunk):
+                found[row[0]] = _row_to_record(row[1:], self.layout)
         return found
 
     async def put(self, key: str, record: Record) -> None:
@@ -337,19 +367,18 @@ class SQLiteBackend(Backend):
             chunk = keys[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             rows = await self.engine.submit(
-                f"DELETE FROM {self._t} WHERE key IN ({marks}) RETURNING expires_at", chunk,
-                fetch=True)
+                f"{self._sql_delete_many}({marks}) RETURNING expires_at", chunk, fetch=True)
             removed += sum(1 for (exp,) in rows if exp is None or exp > now)
         return removed
 
     async def keys(self, prefix: str, now: float) -> list[str]:
-        live = "(expires_at IS NULL OR expires_at > ?)"
         if not prefix:
-            rows = self._read(f"SELECT key FROM {self._t} WHERE {live}", (now,))
+            rows = self._read(self._sql_keys, (now,))
         else:
             upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            rows = self._read(f"SELECT key FROM {self._t} WHERE key >= ? AND key < ? AND {live}",
-                              (prefix, upper, now))
+            k = self.layout.key
+            rows = self._read(f"{self._sql_keys} AND {k} >= ? AND {k} < ?",
+                              (now, prefix, upper))
         return [r[0] for r in rows]
 
     async def purge_expired(self, now: float) -> int:

@@ -46,6 +46,11 @@ class SQLiteVersionedBackend(SQLiteBackend):
                                f"SELECT ?, v + 1, ?, ?, ?, ?, ?, ? FROM "
                                f"(SELECT {next_version} AS v) WHERE v = ? RETURNING version")
         self._sql_delete = f"DELETE FROM {t} WHERE key = ? RETURNING version, expires_at"
+        # A key whose newest version expired is gone as a whole: purging only that row would
+        # bring the older version back to life. So first whole keys, then stray old versions
+        # (two statements: SQLite may run the halves of an OR as separate passes).
+        self._sql_purge_keys = (f"DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE "
+                                f"{latest} AND expires_at IS NOT NULL AND expires_at <= ?)")
         self._latest = latest
 
     def _create_table(self, table: str) -> None:
@@ -73,9 +78,8 @@ class SQLiteVersionedBackend(SQLiteBackend):
                 END;
             """)
 
-    @staticmethod
-    def _insert_params(key: str, r: Record) -> tuple[Any, ...]:
-        params = SQLiteBackend._params(key, r)
+    def _insert_params(self, key: str, r: Record) -> tuple[Any, ...]:
+        params = self._params(key, r)
         return (key, *params[1:5], params[6], params[7], key)
 
     async def append(self, key: str, record: Record, expected_version: int | None) -> int:
@@ -138,6 +142,10 @@ class SQLiteVersionedBackend(SQLiteBackend):
         for key in dict.fromkeys(keys):
             removed += await self.delete(key, now)
         return removed
+
+    async def purge_expired(self, now: float) -> int:
+        removed = int(await self.engine.submit(self._sql_purge_keys, (now,)))
+        return removed + await super().purge_expired(now)
 
     async def keys(self, prefix: str, now: float) -> list[str]:
         live = "(expires_at IS NULL OR expires_at > ?)"
