@@ -10,7 +10,7 @@ import numpy as np
 from sophia_memory.backends.base import Backend
 from sophia_memory.backends.hostpool import HostPoolBackend
 from sophia_memory.backends.memory import MemoryBackend
-from sophia_memory.backends.sqlite import SQLiteBackend
+from sophia_memory.backends.sqlite import CORTEX_LAYOUT, SQLiteBackend
 from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
 from sophia_memory.testing import BackendTests
 
@@ -28,6 +28,11 @@ class TestMemoryBackendBytesBound(BackendTests):
 class TestSQLiteBackend(BackendTests):
     async def make_backend(self, tmp_path: Path) -> Backend:
         return SQLiteBackend(tmp_path / "conf.db", "conformance")
+
+
+class TestSQLiteCortexLayout(BackendTests):
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return SQLiteBackend(tmp_path / "conf.db", "cortex_conformance", layout=CORTEX_LAYOUT)
 
 
 class TestSQLiteVersionedBackend(BackendTests):

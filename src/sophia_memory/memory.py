@@ -134,8 +134,8 @@ class Memory:
             raise InvalidArgumentError(f"ttl must be positive, got {ttl!r}")
         return now + ttl
 
-    def _record(self, slot: Slot, value: Any, expires_at: float | None, now: float,
-                pool: str | None) -> Record:
+    def _record(self, slot: Slot, value: Any, expires_at: float | None, now: float, *,
+                pool: str | None = None, meta: Mapping[str, Any] | None = None) -> Record:
         core = self._core
         if slot.tier is Tier.GPU and not is_pool_value(value):
             raise UnsupportedValueError("Tier.GPU holds arrays and dicts of arrays, not "
@@ -151,7 +151,10 @@ class Memory:
             raise ValueTooLargeError(size, limit)
         if slot.obj and not slot.fits(size):  # type: ignore[misc]
             raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
-        return Record(payload, expires_at, True, size, 0, now, {"pool": pool} if pool else {})
+        extra = dict(meta) if meta else {}
+        if pool:
+            extra["pool"] = pool
+        return Record(payload, expires_at, True, size, 0, now, extra)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -189,7 +192,7 @@ class Memory:
             return None
         rec, value, slot = found
         return Entry(key, value, slot.tier, rec.version, rec.expires_at, rec.created_at,
-                     rec.home)
+                     rec.home, dict(rec.extra))
 
     def _workflow(self) -> Slot:
         slot = self._core.slot(Tier.WORKFLOW)
@@ -200,7 +203,7 @@ class Memory:
 
     def _entry(self, key: str, rec: Record, slot: Slot) -> Entry:
         return Entry(key, self._core.decode(slot, rec), slot.tier, rec.version, rec.expires_at,
-                     rec.created_at, rec.home)
+                     rec.created_at, rec.home, dict(rec.extra))
 
     async def _version_entry(self, key: str, version: int) -> Entry | None:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -243,13 +246,18 @@ class Memory:
 
     async def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
                   ttl: float | timedelta | None = None, pool: str | None = None,
-                  expected_version: int | None = None) -> int | None:
+                  expected_version: int | None = None,
+                  meta: Mapping[str, Any] | None = None) -> int | None:
         """Store ``value`` under ``key`` in ``tier`` (default: the configured default tier).
 
         Returns once the home tier has the value (durably, for SQL tiers); copies in faster
         tiers are invalidated first, so a later ``get`` never returns an older value. Slower
         tiers are not touched. ``ttl`` is in seconds (or a timedelta) from now. ``pool``
         picks the L0 pool for ``Tier.GPU``.
+
+        ``meta`` is a small dict of JSON-like metadata kept with the item and returned in
+        ``Entry.meta``; tables with a column of the same name (the Cortex table's
+        ``gpu_processed``, ``processing_time_ms``, ``gpu_memory_used_mb``) store it there.
 
         ``Tier.WORKFLOW`` keeps versions: the put appends one and returns its number;
         ``expected_version=n`` appends only if the newest version is n (0: the key must not
@@ -272,7 +280,7 @@ class Memory:
                 raise InvalidArgumentError(f"expected_version must be an int >= 0, got "
                                            f"{expected_version!r}")
         now = core.now()
-        rec = self._record(slot, value, self._expiry(ttl, now), now, pool)
+        rec = self._record(slot, value, self._expiry(ttl, now), now, pool=pool, meta=meta)
         return await core.write({full: rec}, slot, expected_version)
 
     async def put_many(self, items: Mapping[str, Any], *, tier: Tier | str | int | None = None,
@@ -283,7 +291,7 @@ class Memory:
         slot = core.slot(self._tier(tier))
         now = core.now()
         expires_at = self._expiry(ttl, now)
-        records = {self._key(k): self._record(slot, v, expires_at, now, None)
+        records = {self._key(k): self._record(slot, v, expires_at, now)
                    for k, v in items.items()}
         if records:
             await core.write(records, slot)
@@ -301,8 +309,12 @@ class Memory:
 
     async def get_or_load(self, key: str, loader: Callable[[], Awaitable[Any] | Any], *,
                           tier: Tier | str | int | None = None,
-                          ttl: float | timedelta | None = None) -> Any:
+                          ttl: float | timedelta | None = None,
+                          meta: Mapping[str, Any] | None = None) -> Any:
         """The cached value, or ``loader()``'s result stored with ``tier``/``ttl``.
+
+        The stored item's metadata records the loader's duration as ``processing_time_ms``
+        (plus ``meta``).
 
         Single-flight: while one caller loads a key, concurrent callers for the same key wait
         for that result instead of calling the loader. If the loader raises, every waiter gets
@@ -327,10 +339,13 @@ class Memory:
             if found is not None:
                 value = found[1]
             else:
+                t0 = time.perf_counter()
                 value = loader()
                 if inspect.isawaitable(value):
                     value = await value
-                await self.put(key, value, tier=tier, ttl=ttl)
+                took = {"processing_time_ms": round((time.perf_counter() - t0) * 1000, 3)}
+                await self.put(key, value, tier=tier, ttl=ttl,
+                               meta={**took, **meta} if meta else took)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 fut.cancel()

@@ -74,3 +74,5 @@ class Entry:
     expires_at: float | None
     created_at: float
     home: bool
+    #: Metadata stored with the item (``put(meta=)``, loader timings, Cortex columns).
+    meta: dict[str, Any] = field(default_factory=dict)

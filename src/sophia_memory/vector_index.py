@@ -6,7 +6,10 @@ search is one BLAS product over them (recall is 1.0 by construction). Under ``"c
 queries are L2-normalised on the way in, so every search is an inner product.
 
 Results are ``(key, score)`` pairs, best first; equal scores are ordered by key (``str``
-order), independently of row order, so results never depend on the history of deletes.
+order), independently of row order, so results never depend on the history of deletes. Every
+key tied with the k-th score is gathered before that sort, so many exact ties cost more.
+A batch and single searches agree up to float32 rounding (one GEMM against GEMVs).
+The capacity never shrinks on deletes; ``clear()`` frees it.
 
 Not thread-safe: concurrent searches are fine, but no mutation may run beside anything else.
 """

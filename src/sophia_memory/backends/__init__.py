@@ -134,7 +134,13 @@ def _sqlite(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
 
         retain = url.pop_int("retain", config.workflow_retain)
         return SQLiteVersionedBackend(path, table, synchronous, retain)
-    return SQLiteBackend(path, table, synchronous)
+    layout = url.options.pop("layout", "cortex" if tier.name == "CORTEX" else "kv")
+    if layout not in ("cortex", "kv"):
+        raise ConfigError(f"{url.redacted()}: layout must be cortex or kv")
+    from .sqlite import CORTEX_LAYOUT, DEFAULT_LAYOUT
+
+    return SQLiteBackend(path, table, synchronous,
+                         CORTEX_LAYOUT if layout == "cortex" else DEFAULT_LAYOUT)
 
 
 def _host(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:

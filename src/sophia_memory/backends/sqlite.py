@@ -263,6 +263,12 @@ class Layout:
 
 DEFAULT_LAYOUT = Layout()
 
+#: The platform's ``CORTEX_CACHE_ENHANCED`` columns (``cache_value`` holds the encoded value;
+#: ``ttl`` is the TTL in seconds the item was stored with).
+CORTEX_LAYOUT = Layout(key="cache_key", value="cache_value", meta=(
+    ("gpu_processed", "INTEGER"), ("processing_time_ms", "REAL"),
+    ("gpu_memory_used_mb", "REAL"), ("ttl", "REAL"), ("prompt_embedding", "BLOB")))
+
 
 def _row_to_record(row: tuple[Any, ...], layout: Layout = DEFAULT_LAYOUT) -> Record:
     payload, expires_at, home, size, version, created_at, extra = row[:7]
@@ -279,7 +285,10 @@ class SQLiteBackend(Backend):
     scheme = "sqlite"
     layout: Layout = DEFAULT_LAYOUT
 
-    def __init__(self, path: str | Path, table: str, synchronous: str = "normal") -> None:
+    def __init__(self, path: str | Path, table: str, synchronous: str = "normal",
+                 layout: Layout | None = None) -> None:
+        if layout is not None:
+            self.layout = layout
         self.table = check_identifier(table)
         if str(path) in ("", ":memory:"):
             raise ConfigError("sqlite needs a file path (use memory:// for an in-process tier)")
@@ -325,6 +334,9 @@ class SQLiteBackend(Backend):
             values = tuple(extra.get(name) for name, _ in meta)
         else:
             rest, values = extra, (None,) * len(meta)
+        if r.expires_at is not None and any(name == "ttl" for name, _ in meta):
+            values = tuple(round(r.expires_at - r.created_at, 6) if name == "ttl" and v is None
+                           else v for (name, _), v in zip(meta, values, strict=True))
         return (key, r.payload, r.expires_at, int(r.home), r.size, r.version, r.created_at,
                 json.dumps(rest) if rest else None, *values)
 
