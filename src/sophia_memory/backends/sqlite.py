@@ -236,6 +236,8 @@ class Layout:
     key: str = "key"
     value: str = "payload"
     meta: tuple[tuple[str, str], ...] = ()
+    #: Meta columns computed on write (``ttl`` from the expiry), not read back into extra.
+    derived: tuple[str, ...] = ()
 
     @property
     def columns(self) -> str:
@@ -267,14 +269,15 @@ DEFAULT_LAYOUT = Layout()
 #: ``ttl`` is the TTL in seconds the item was stored with).
 CORTEX_LAYOUT = Layout(key="cache_key", value="cache_value", meta=(
     ("gpu_processed", "INTEGER"), ("processing_time_ms", "REAL"),
-    ("gpu_memory_used_mb", "REAL"), ("ttl", "REAL"), ("prompt_embedding", "BLOB")))
+    ("gpu_memory_used_mb", "REAL"), ("ttl", "REAL"), ("prompt_embedding", "BLOB")),
+    derived=("ttl",))
 
 
 def _row_to_record(row: tuple[Any, ...], layout: Layout = DEFAULT_LAYOUT) -> Record:
     payload, expires_at, home, size, version, created_at, extra = row[:7]
     extras = json.loads(extra) if extra else {}
     for (name, _), value in zip(layout.meta, row[7:], strict=True):
-        if value is not None:
+        if value is not None and name not in layout.derived:
             extras[name] = value
     return Record(payload, expires_at, bool(home), size, version, created_at, extras)
 
@@ -334,7 +337,7 @@ class SQLiteBackend(Backend):
             values = tuple(extra.get(name) for name, _ in meta)
         else:
             rest, values = extra, (None,) * len(meta)
-        if r.expires_at is not None and any(name == "ttl" for name, _ in meta):
+        if r.expires_at is not None and "ttl" in self.layout.derived:
             values = tuple(round(r.expires_at - r.created_at, 6) if name == "ttl" and v is None
                            else v for (name, _), v in zip(meta, values, strict=True))
         return (key, r.payload, r.expires_at, int(r.home), r.size, r.version, r.created_at,
