@@ -185,9 +185,10 @@ class Memory:
         found = await self._core.lookup(self._key(key))
         return default if found is None else found[1]
 
-    async def get_entry(self, key: str) -> Entry | None:
-        """The value with its metadata (tier found in, version, expiry), or None."""
-        found = await self._core.lookup(self._key(key))
+    async def get_entry(self, key: str, *, promote: bool = True) -> Entry | None:
+        """The value with its metadata (tier found in, version, expiry, meta), or None.
+        ``promote=False`` reads without copying the item into faster tiers."""
+        found = await self._core.lookup(self._key(key), promote=promote)
         if found is None:
             return None
         rec, value, slot = found
