@@ -66,8 +66,8 @@ def close_now(backend: Backend) -> None:
 class Slot:
     """One enabled tier: its backend, abilities, breaker and counters."""
 
-    __slots__ = ("backend", "breaker", "discard", "fits", "index", "obj", "peek", "pop_nowait",
-                 "put_nowait", "stats", "tier", "timeout", "versioned")
+    __slots__ = ("backend", "breaker", "discard", "draining", "fits", "index", "obj", "peek",
+                 "pop_nowait", "put_nowait", "stale", "stats", "tier", "timeout", "versioned")
 
     def __init__(self, tier: Tier, backend: Backend, index: int, breaker: CircuitBreaker,
                  timeout: float | None) -> None:
@@ -85,6 +85,10 @@ class Slot:
         self.breaker = breaker
         self.timeout = timeout
         self.stats = TierStats()
+        #: Keys whose copies here could not be invalidated while the tier failed: reads skip
+        #: them here, and their deletion is replayed once the tier answers again.
+        self.stale: set[str] = set()
+        self.draining = False
 
 
 class Core:
@@ -170,7 +174,25 @@ class Core:
             slot.stats.errors += 1
             raise TierUnavailableError(slot.tier, str(exc)) from exc
         breaker.success()
+        if slot.stale and not slot.draining:
+            slot.draining = True
+            self.spawn(self._drain(slot))
         return result
+
+    async def _drain(self, slot: Slot) -> None:
+        """Replay the invalidations ``slot`` missed while it was failing."""
+        try:
+            for key in list(slot.stale):
+                async with self.locks[hash(key) & MASK]:
+                    if key not in slot.stale:
+                        continue
+                    try:
+                        await self.call(slot, "delete", key, self.now())
+                    except TierUnavailableError:
+                        return
+                    slot.stale.discard(key)
+        finally:
+            slot.draining = False
 
     # -- payload conversion ---------------------------------------------------------------------
 
@@ -207,6 +229,9 @@ class Core:
                     pending = self.spilling.get(key)
                     if pending is not None and not pending[1].expired(now):
                         return pending[1], pending[0], pending[2]
+                if slot.stale and key in slot.stale:
+                    st.misses += 1
+                    continue  # may hold a copy older than a put it missed
                 try:
                     rec = await self.call(slot, "get", key, now)
                 except TierUnavailableError:
@@ -247,8 +272,10 @@ class Core:
             if slot.obj:
                 hits = {k: r for k in remaining if (r := slot.peek(k)) is not None}  # type: ignore[misc]
             else:
+                wanted = [k for k in remaining if k not in slot.stale] if slot.stale \
+                    else remaining
                 try:
-                    hits = await self.call(slot, "get_many", remaining, now)
+                    hits = await self.call(slot, "get_many", wanted, now) if wanted else {}
                 except TierUnavailableError:
                     continue
             slot.stats.latencies.append(time.perf_counter() - t0)
@@ -341,6 +368,7 @@ class Core:
                         continue
                 else:
                     await self.call(slot, "put", key, copy)
+                    slot.stale.discard(key)
                 slot.stats.promotions += 1
 
     # -- eviction and spill --------------------------------------------------------------------
@@ -386,11 +414,12 @@ class Core:
         async with self.locks[hash(key) & MASK]:
             if self.spilling.get(key) is not entry:
                 return  # superseded by a put or delete
-            payload, size = self.payload_for(target, value)
-            moved = Record(payload, rec.expires_at, True, size, rec.version, rec.created_at,
-                           rec.extra)
             try:
+                payload, size = self.payload_for(target, value)
+                moved = Record(payload, rec.expires_at, True, size, rec.version,
+                               rec.created_at, rec.extra)
                 await self.call(target, "put", key, moved)
+                target.stale.discard(key)
             except SophiaMemoryError as exc:
                 log.warning("spill of %r to %s failed, kept in memory: %s", key, target.tier,
                             exc)
@@ -435,6 +464,7 @@ class Core:
                 slot.stats.puts += len(records)
                 for k in records:  # only now: a failed write must not lose an item in transit
                     self.spilling.pop(k, None)
+                    slot.stale.discard(k)
                 await self._invalidate(list(records), self.slots[: slot.index])
                 self._ensure_purger()
             finally:
@@ -443,15 +473,22 @@ class Core:
         return version
 
     async def _invalidate(self, keys: list[str], slots: Iterable[Slot]) -> None:
+        """Remove copies of ``keys`` from ``slots``. A failing tier does not fail the write
+        (its home already has it): the keys are marked stale there instead."""
         now = self.now()
         for slot in slots:
             if slot.obj:
                 for k in keys:
                     slot.pop_nowait(k)  # type: ignore[misc]
                 continue
-            present = await self.call(slot, "get_many", keys, now)
-            if present:
-                await self.call(slot, "delete_many", list(present), now)
+            try:
+                present = await self.call(slot, "get_many", keys, now)
+                if present:
+                    await self.call(slot, "delete_many", list(present), now)
+            except TierUnavailableError as exc:
+                slot.stale.update(keys)
+                log.warning("%s could not drop %d stale copies (%s); they are skipped on "
+                            "reads until it recovers", slot.tier, len(keys), exc.reason)
 
     async def delete(self, keys: list[str]) -> int:
         """Remove ``keys`` from every tier; how many of them existed (unexpired) anywhere."""
@@ -484,6 +521,7 @@ class Core:
                             await self.call(slot, "delete_many", list(present), now)
                         existed.update(live)
                     except TierUnavailableError as exc:
+                        slot.stale.update(keys)  # reads skip it; retried on recovery
                         failure = exc
                     slot.stats.deletes += len(keys)
             finally:
@@ -497,10 +535,14 @@ class Core:
 
     async def flush(self) -> None:
         """Wait until promotions and spills queued so far are done; spills that failed
-        earlier are tried once more."""
+        earlier, and invalidations a failing tier missed, are tried once more."""
         if self.spilling and not any(not t.done() for t in self.tasks):
             for key, entry in list(self.spilling.items()):
                 self.spawn(self._spill(key, entry))
+        for slot in self.slots:
+            if slot.stale and not slot.draining:
+                slot.draining = True
+                self.spawn(self._drain(slot))
         while True:
             if self.promo_queue is not None and self.promoter is not None:
                 await self.promo_queue.join()

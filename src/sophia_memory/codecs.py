@@ -24,12 +24,13 @@ import hmac
 import json
 import pickle
 import struct
+import threading
 from typing import Any, Protocol, runtime_checkable
 
 import msgpack
 import numpy as np
 
-from ._arrays import array_kind, from_numpy, nbytes, to_numpy
+from ._arrays import array_kind, check_dtype, from_numpy, nbytes, to_numpy
 from .errors import ConfigError, DecodeError, SignatureError, UnsupportedValueError
 
 __all__ = ["Codec", "JsonCodec", "MsgpackCodec", "SignedPickleCodec", "codec_from_name"]
@@ -42,7 +43,11 @@ _TAG_NAMES = {_TAG_MSGPACK: "msgpack", _TAG_JSON: "json", _TAG_PICKLE: "signed p
 _EXT_ARRAY = 1
 _EXT_TUPLE = 2
 _EXT_BIGINT = 3
-_MAX_DEPTH = 256
+# Nesting limits. Tuples travel as msgpack extensions whose decoding recurses through the
+# C unpacker, so their nesting is held far below the depth that overflows the C stack.
+_MAX_DEPTH = 128
+_MAX_EXT_DEPTH = 32
+_ext_depth = threading.local()
 
 
 @runtime_checkable
@@ -72,23 +77,37 @@ def _describe(value: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _measure(value: Any, binary: bool, depth: int = 0) -> int:
+def _check_str(value: str) -> int:
+    if not value.isascii():
+        try:
+            return len(value.encode("utf-8")) + 5
+        except UnicodeEncodeError:
+            raise UnsupportedValueError("strings must be valid UTF-8 (no lone surrogates)") \
+                from None
+    return len(value) + 5
+
+
+def _measure(value: Any, binary: bool, depth: int = 0, tuples: int = 0) -> int:
     """Validate the structure of ``value`` and estimate its encoded size in bytes."""
     cls = type(value)
     if cls is str:
-        return len(value) + 5
+        return _check_str(value)
     if cls is int or cls is float or cls is bool or value is None:
         return 9
     if depth > _MAX_DEPTH:
         raise UnsupportedValueError(f"value is nested deeper than {_MAX_DEPTH} levels")
-    if cls is list or cls is tuple:
-        return 5 + sum(_measure(item, binary, depth + 1) for item in value)
+    if cls is list:
+        return 5 + sum(_measure(item, binary, depth + 1, tuples) for item in value)
+    if cls is tuple:
+        if tuples >= _MAX_EXT_DEPTH:
+            raise UnsupportedValueError(f"tuples nest deeper than {_MAX_EXT_DEPTH} levels")
+        return 5 + sum(_measure(item, binary, depth + 1, tuples + 1) for item in value)
     if isinstance(value, dict):
         size = 5
         for k, item in value.items():
             if type(k) is not str:
                 raise UnsupportedValueError(f"dict keys must be str, got {_describe(k)}")
-            size += len(k) + 5 + _measure(item, binary, depth + 1)
+            size += _check_str(k) + _measure(item, binary, depth + 1, tuples)
         return size
     if cls is bytes:
         if not binary:
@@ -98,6 +117,8 @@ def _measure(value: Any, binary: bool, depth: int = 0) -> int:
     if kind is not None:
         if not binary:
             raise UnsupportedValueError("this codec (json) cannot store arrays")
+        if kind != "torch":
+            check_dtype(value.dtype)
         return nbytes(value, kind) + 64
     raise UnsupportedValueError(
         f"cannot store a value of type {_describe(value)}: supported are None, bool, int, "
@@ -162,7 +183,14 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == _EXT_ARRAY:
         return _unpack_array(data)
     if code == _EXT_TUPLE:
-        return tuple(_unpackb(data))
+        depth = getattr(_ext_depth, "n", 0)
+        if depth >= _MAX_EXT_DEPTH:
+            raise DecodeError(f"tuples nest deeper than {_MAX_EXT_DEPTH} levels")
+        _ext_depth.n = depth + 1
+        try:
+            return tuple(_unpackb(data))
+        finally:
+            _ext_depth.n = depth
     if code == _EXT_BIGINT:
         return int(data.decode())
     raise DecodeError(f"unknown msgpack extension type {code}")
@@ -188,6 +216,7 @@ class MsgpackCodec:
         return _measure(value, binary=True)
 
     def encode(self, value: Any) -> bytes:
+        _measure(value, binary=True)
         try:
             return b"\x01" + _packer_packb(value)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -217,15 +246,15 @@ class JsonCodec:
         _measure(value, binary=False)
         try:
             text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except ValueError as exc:
+            return b"\x02" + text.encode()
+        except ValueError as exc:  # includes UnicodeEncodeError
             raise UnsupportedValueError(f"cannot encode value as JSON: {exc}") from exc
-        return b"\x02" + text.encode()
 
     def decode(self, data: bytes) -> Any:
         _check_tag(data, _TAG_JSON, self.name)
         try:
             return json.loads(bytes(memoryview(data)[1:]))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DecodeError(f"corrupt JSON payload: {exc}") from exc
 
 

@@ -110,7 +110,10 @@ class MemoryConfig:
         toml_path = env.get("SOPHIA_MEMORY_CONFIG")
         if toml_path:
             data.update(_read_toml(Path(toml_path)))
-        tiers = dict(data.pop("tiers", {}))
+        toml_tiers = data.pop("tiers", {})
+        if not isinstance(toml_tiers, Mapping):
+            raise ConfigError(f"[tiers] in {toml_path} must be a table of tier = URL")
+        tiers = dict(toml_tiers)
         for tier in Tier:
             url = env.get(f"SOPHIA_MEMORY_{tier.name}_URL")
             if url is not None:
@@ -120,12 +123,12 @@ class MemoryConfig:
         if env.get("SOPHIA_MEMORY_SIGNING_KEY"):
             data["signing_key"] = env["SOPHIA_MEMORY_SIGNING_KEY"]
         if base is not None:
-            defaults = cls()
+            explicit = base.__dict__.get("_explicit")
             for f in dataclasses.fields(cls):
                 value = getattr(base, f.name)
                 if f.name == "tiers":
                     tiers.update(value)
-                elif value != getattr(defaults, f.name):
+                elif explicit is None or f.name in explicit:
                     data[f.name] = value
         tiers.update(overrides.pop("tiers", None) or {})
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
@@ -137,16 +140,21 @@ class MemoryConfig:
 
     @classmethod
     def _normalised(cls, data: dict[str, Any]) -> MemoryConfig:
+        if not isinstance(data["tiers"], Mapping):
+            raise ConfigError(f"tiers must be a mapping of tier to URL, got {data['tiers']!r}")
         tiers: dict[Tier, str | None] = {}
         for key, url in data["tiers"].items():
             if url is not None and not isinstance(url, str):
                 raise ConfigError(f"tier {key!r}: URL must be a string or None, got {url!r}")
-            tiers[tier_of(key)] = None if url is None or url.strip().lower() in _OFF else url
+            tiers[_config_tier(key)] = None if url is None or url.strip().lower() in _OFF else url
         data["tiers"] = tiers
         if "default_tier" in data:
-            data["default_tier"] = tier_of(data["default_tier"])
+            data["default_tier"] = _config_tier(data["default_tier"])
         if "cache_only" in data:
-            data["cache_only"] = frozenset(tier_of(t) for t in data["cache_only"])
+            if isinstance(data["cache_only"], (str, bytes)) or not hasattr(
+                    data["cache_only"], "__iter__"):
+                raise ConfigError("cache_only must be a collection of tiers")
+            data["cache_only"] = frozenset(_config_tier(t) for t in data["cache_only"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -156,6 +164,13 @@ class MemoryConfig:
         return config
 
     def validate(self) -> None:
+        """Raise ConfigError for any field of the wrong type or out of range."""
+        for name, kinds in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) and bool not in kinds:
+                raise ConfigError(f"{name} must be {_kind_names(kinds)}, got {value!r}")
+            if not isinstance(value, kinds):
+                raise ConfigError(f"{name} must be {_kind_names(kinds)}, got {value!r}")
         if self.max_key_bytes < 1:
             raise ConfigError("max_key_bytes must be at least 1")
         if self.max_value_bytes < 1:
@@ -164,6 +179,48 @@ class MemoryConfig:
             raise ConfigError("call_timeout, breaker_threshold and breaker_reset must be > 0")
         if self.codec not in ("msgpack", "json", "pickle"):
             raise ConfigError(f"unknown codec {self.codec!r}; choose msgpack, json or pickle")
+
+
+_NONE = type(None)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "path": (str, _NONE), "default_tier": (Tier,), "gpu_pools": (dict,),
+    "gpu_reserve": (float, int, str), "host_pool_memory": (int, str),
+    "workflow_retain": (int, _NONE), "session_max_items": (int, _NONE),
+    "session_max_bytes": (int, _NONE), "max_key_bytes": (int,), "max_value_bytes": (int,),
+    "codec": (str,), "signing_key": (str, bytes, _NONE), "promote": (bool,),
+    "promotion_queue": (int,), "cache_only": (frozenset,), "call_timeout": (float, int),
+    "breaker_threshold": (int,), "breaker_reset": (float, int), "purge_interval": (float, int),
+}
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    return " or ".join("None" if k is _NONE else k.__name__ for k in kinds)
+
+
+def _config_tier(value: object) -> Tier:
+    from .errors import InvalidArgumentError
+
+    try:
+        return tier_of(value)
+    except InvalidArgumentError as exc:
+        raise ConfigError(f"configuration names {exc}") from None
+
+
+def _record_explicit_fields() -> None:
+    """Make ``MemoryConfig(...)`` remember which fields the caller set, so that an explicit
+    config object wins over the environment even where it repeats a default."""
+    generated = MemoryConfig.__init__
+    names = [f.name for f in dataclasses.fields(MemoryConfig)]
+
+    def __init__(self: MemoryConfig, *args: Any, **kwargs: Any) -> None:
+        generated(self, *args, **kwargs)
+        self.__dict__["_explicit"] = frozenset(names[: len(args)]) | frozenset(kwargs)
+
+    __init__.__doc__ = generated.__doc__
+    MemoryConfig.__init__ = __init__  # type: ignore[method-assign]
+
+
+_record_explicit_fields()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -37,6 +37,14 @@ _MISSING: Any = object()
 _SAMPLE = 1023  # one in 1024 in-process hits takes the timed path (latency percentiles)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Memory:
     """Tiered memory. Open with :meth:`open` (an async context manager), then get/put.
 
@@ -96,7 +104,8 @@ class Memory:
     def namespace(self, name: str) -> Memory:
         """A view whose keys live in namespace ``name`` and cannot collide with other
         namespaces' (or the root's). Views share tiers, statistics and background work."""
-        if type(name) is not str or not name or _SEP in name or len(name.encode()) > 128:
+        if (type(name) is not str or not name or _SEP in name
+                or len(name.encode("utf-8", "replace")) > 128 or not _utf8(name)):
             raise InvalidKeyError(f"invalid namespace name {name!r}: a non-empty str of at "
                                   "most 128 bytes without U+001F")
         return Memory(self._core, f"{self._prefix}{name}{_SEP}")
@@ -142,15 +151,17 @@ class Memory:
                                         f"{type(value).__qualname__}")
         if pool is not None and slot.tier is not Tier.GPU:
             raise InvalidArgumentError("pool= applies to Tier.GPU only")
-        size = core.codec.measure(value)  # refuses unsupported values, for every tier
         limit = core.config.max_value_bytes
+        if slot.obj:
+            # Kept as the object, but checked against the codec: it may spill to a table.
+            payload, size = value, core.codec.measure(value)
+            if size <= limit and not slot.fits(size):  # type: ignore[misc]
+                raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
+        else:
+            payload = core.codec.encode(value)  # refuses unsupported values
+            size = len(payload)
         if size > limit:
             raise ValueTooLargeError(size, limit)
-        payload, size = core.payload_for(slot, value) if not slot.obj else (value, size)
-        if size > limit:
-            raise ValueTooLargeError(size, limit)
-        if slot.obj and not slot.fits(size):  # type: ignore[misc]
-            raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
         extra = dict(meta) if meta else {}
         if pool:
             extra["pool"] = pool
