@@ -91,6 +91,37 @@ class Slot:
         self.draining = False
 
 
+class _Writing:
+    """Holds the locks of the keys' stripes (in order, so writers never deadlock) and marks a
+    write in progress: the stripes' generations are odd from entry until exit."""
+
+    __slots__ = ("core", "stripes")
+
+    def __init__(self, core: Core, keys: Iterable[str]) -> None:
+        self.core = core
+        self.stripes = sorted({hash(k) & MASK for k in keys})
+
+    async def __aenter__(self) -> None:
+        locks, taken = self.core.locks, 0
+        try:
+            for s in self.stripes:
+                await locks[s].acquire()
+                taken += 1
+        except BaseException:
+            for s in self.stripes[:taken]:
+                locks[s].release()
+            raise
+        gens = self.core.gens
+        for s in self.stripes:
+            gens[s] += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        gens, locks = self.core.gens, self.core.locks
+        for s in self.stripes:
+            gens[s] += 1
+            locks[s].release()
+
+
 class Core:
     """State shared by a memory and all its namespace views."""
 
@@ -442,34 +473,25 @@ class Core:
         """
         version: int | None = None
         self.check_open()
-        stripes = sorted({hash(k) & MASK for k in records})
-        async with contextlib.AsyncExitStack() as stack:
-            for s in stripes:
-                await stack.enter_async_context(self.locks[s])
-            for s in stripes:
-                self.gens[s] += 1
-            try:
-                if slot.obj:
-                    for k, rec in records.items():
-                        slot.put_nowait(k, rec)  # type: ignore[misc]
-                elif slot.versioned and len(records) == 1:
-                    (k, rec), = records.items()
-                    version = await self.call(slot, "append", k, rec, expected_version)
-                    rec.version = version
-                elif len(records) == 1:
-                    (k, rec), = records.items()
-                    await self.call(slot, "put", k, rec)
-                else:
-                    await self.call(slot, "put_many", records)
-                slot.stats.puts += len(records)
-                for k in records:  # only now: a failed write must not lose an item in transit
-                    self.spilling.pop(k, None)
-                    slot.stale.discard(k)
-                await self._invalidate(list(records), self.slots[: slot.index])
-                self._ensure_purger()
-            finally:
-                for s in stripes:
-                    self.gens[s] += 1
+        async with _Writing(self, records):
+            if slot.obj:
+                for k, rec in records.items():
+                    slot.put_nowait(k, rec)  # type: ignore[misc]
+            elif slot.versioned and len(records) == 1:
+                (k, rec), = records.items()
+                version = await self.call(slot, "append", k, rec, expected_version)
+                rec.version = version
+            elif len(records) == 1:
+                (k, rec), = records.items()
+                await self.call(slot, "put", k, rec)
+            else:
+                await self.call(slot, "put_many", records)
+            slot.stats.puts += len(records)
+            for k in records:  # only now: a failed write must not lose an item in transit
+                self.spilling.pop(k, None)
+                slot.stale.discard(k)
+            await self._invalidate(list(records), self.slots[: slot.index])
+            self._ensure_purger()
         return version
 
     async def _invalidate(self, keys: list[str], slots: Iterable[Slot]) -> None:
@@ -494,39 +516,30 @@ class Core:
         """Remove ``keys`` from every tier; how many of them existed (unexpired) anywhere."""
         self.check_open()
         now = self.now()
-        stripes = sorted({hash(k) & MASK for k in keys})
         existed: set[str] = set()
         failure: TierUnavailableError | None = None
-        async with contextlib.AsyncExitStack() as stack:
-            for s in stripes:
-                await stack.enter_async_context(self.locks[s])
-            for s in stripes:
-                self.gens[s] += 1
-            try:
-                for k in keys:
-                    pending = self.spilling.pop(k, None)
-                    if pending is not None and not pending[1].expired(now):
-                        existed.add(k)
-                for slot in self.slots:
-                    if slot.obj:
-                        for k in keys:
-                            rec = slot.pop_nowait(k)  # type: ignore[misc]
-                            if rec is not None and not rec.expired(now):
-                                existed.add(k)
-                        continue
-                    try:
-                        present = await self.call(slot, "get_many", keys, now)
-                        live = [k for k, r in present.items() if not r.expired(now)]
-                        if present:
-                            await self.call(slot, "delete_many", list(present), now)
-                        existed.update(live)
-                    except TierUnavailableError as exc:
-                        slot.stale.update(keys)  # reads skip it; retried on recovery
-                        failure = exc
-                    slot.stats.deletes += len(keys)
-            finally:
-                for s in stripes:
-                    self.gens[s] += 1
+        async with _Writing(self, keys):
+            for k in keys:
+                pending = self.spilling.pop(k, None)
+                if pending is not None and not pending[1].expired(now):
+                    existed.add(k)
+            for slot in self.slots:
+                if slot.obj:
+                    for k in keys:
+                        rec = slot.pop_nowait(k)  # type: ignore[misc]
+                        if rec is not None and not rec.expired(now):
+                            existed.add(k)
+                    continue
+                try:
+                    present = await self.call(slot, "get_many", keys, now)
+                    live = [k for k, r in present.items() if not r.expired(now)]
+                    if present:
+                        await self.call(slot, "delete_many", list(present), now)
+                    existed.update(live)
+                except TierUnavailableError as exc:
+                    slot.stale.update(keys)  # reads skip it; retried on recovery
+                    failure = exc
+                slot.stats.deletes += len(keys)
         if failure is not None:
             raise failure
         return len(existed)

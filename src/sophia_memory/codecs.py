@@ -91,17 +91,20 @@ def _measure(value: Any, binary: bool, depth: int = 0, tuples: int = 0) -> int:
     """Validate the structure of ``value`` and estimate its encoded size in bytes."""
     cls = type(value)
     if cls is str:
-        return _check_str(value)
+        return len(value) + 5 if value.isascii() else _check_str(value)
     if cls is int or cls is float or cls is bool or value is None:
         return 9
     if depth > _MAX_DEPTH:
         raise UnsupportedValueError(f"value is nested deeper than {_MAX_DEPTH} levels")
-    if cls is list:
-        return 5 + sum(_measure(item, binary, depth + 1, tuples) for item in value)
-    if cls is tuple:
-        if tuples >= _MAX_EXT_DEPTH:
-            raise UnsupportedValueError(f"tuples nest deeper than {_MAX_EXT_DEPTH} levels")
-        return 5 + sum(_measure(item, binary, depth + 1, tuples + 1) for item in value)
+    if cls is list or cls is tuple:
+        if cls is tuple:
+            if tuples >= _MAX_EXT_DEPTH:
+                raise UnsupportedValueError(f"tuples nest deeper than {_MAX_EXT_DEPTH} levels")
+            tuples += 1
+        size = 5
+        for item in value:
+            size += _measure(item, binary, depth + 1, tuples)
+        return size
     if isinstance(value, dict):
         size = 5
         for k, item in value.items():

@@ -130,7 +130,9 @@ class Memory:
         return self._prefix + key
 
     def _tier(self, tier: Tier | str | int | None) -> Tier:
-        return self._core.config.default_tier if tier is None else tier_of(tier)
+        if tier is None:
+            return self._core.config.default_tier
+        return tier if type(tier) is Tier else tier_of(tier)
 
     def _expiry(self, ttl: float | timedelta | None, now: float) -> float | None:
         if ttl is None:
