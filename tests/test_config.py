@@ -247,23 +247,27 @@ def test_option_of_wrong_type_in_toml_raises_config_error(
 
 # -- tiers not built / switched off --------------------------------------------------------------
 
-async def test_vector_tier_is_reported_as_not_built(mem: Memory) -> None:
-    assert Tier.VECTOR not in mem.tiers
-    with pytest.raises(TierUnavailableError, match="not built") as info:
-        await mem.put("doc", "text", tier=Tier.VECTOR)
-    assert info.value.tier is Tier.VECTOR
-    vector = mem.stats()["tiers"]["VECTOR"]
-    assert vector["enabled"] is False
-    assert "not built" in vector["reason"]
-    assert await mem.get("doc") is None
-    with pytest.raises(TierUnavailableError):
-        await mem.keys(Tier.VECTOR)
+async def test_switched_off_tier_is_reported(tmp_path: Path, clock: ManualClock) -> None:
+    async with Memory.open(path=str(tmp_path / "v.db"), clock=clock,
+                           tiers={Tier.VECTOR: None}) as mem:
+        assert Tier.VECTOR not in mem.tiers
+        with pytest.raises(TierUnavailableError, match="switched off") as info:
+            await mem.put("doc", "text", tier=Tier.VECTOR, vector=[1.0, 2.0])
+        assert info.value.tier is Tier.VECTOR
+        vector = mem.stats()["tiers"]["VECTOR"]
+        assert vector["enabled"] is False
+        assert "switched off" in vector["reason"]
+        assert await mem.get("doc") is None
+        with pytest.raises(TierUnavailableError):
+            await mem.keys(Tier.VECTOR)
+        with pytest.raises(TierUnavailableError):
+            await mem.search([1.0, 2.0])
 
 
 async def test_tiers_switched_off_explicitly(tmp_path: Path, clock: ManualClock) -> None:
     async with Memory.open(path=str(tmp_path / "x.db"), clock=clock,
                            tiers={Tier.GPU: None, Tier.WORKFLOW: "off"}) as mem:
-        assert mem.tiers == (Tier.SESSION, Tier.CORTEX, Tier.PERSISTENT)
+        assert mem.tiers == (Tier.SESSION, Tier.CORTEX, Tier.PERSISTENT, Tier.VECTOR)
         stats = mem.stats()["tiers"]
         assert stats["GPU"]["enabled"] is False
         assert stats["WORKFLOW"]["enabled"] is False

@@ -23,7 +23,6 @@ from sophia_memory import (
     Memory,
     SignatureError,
     Tier,
-    TierUnavailableError,
     UnsupportedValueError,
     ValueTooLargeError,
 )
@@ -256,8 +255,9 @@ async def test_tier_may_be_named_by_name_or_level(mem: Memory) -> None:
     assert await mem.keys(Tier.CORTEX) == ["c"]
 
 
-async def test_put_to_tier_that_is_not_built_raises_and_stores_nothing(mem: Memory) -> None:
-    with pytest.raises(TierUnavailableError):
+async def test_put_to_vector_tier_without_vector_raises_and_stores_nothing(
+        mem: Memory) -> None:
+    with pytest.raises(InvalidArgumentError):
         await mem.put("k", "v", tier=Tier.VECTOR)
     await assert_nothing_stored(mem, "k")
 

@@ -25,7 +25,7 @@ from .errors import (
 )
 from .memory import Memory
 from .policies import EvictionPolicy, FIFOPolicy, LRUPolicy
-from .tiers import Entry, Record, Tier
+from .tiers import Entry, Hit, Record, Tier
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "Entry",
     "EvictionPolicy",
     "FIFOPolicy",
+    "Hit",
     "InvalidArgumentError",
     "InvalidKeyError",
     "JsonCodec",

@@ -159,8 +159,7 @@ class Core:
         for tier in Tier:
             url = cfg.url_for(tier)
             if url is None:
-                self.unavailable[tier] = ("not built yet in this version" if tier is Tier.VECTOR
-                                          and tier not in cfg.tiers else "switched off")
+                self.unavailable[tier] = "switched off"
                 continue
             backend = open_backend(url, tier, cfg)
             timeout = cfg.call_timeout if isinstance(backend, Remote) else None

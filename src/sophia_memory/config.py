@@ -33,7 +33,7 @@ DEFAULT_URLS: dict[Tier, str | None] = {
     Tier.SESSION: "memory://",
     Tier.CORTEX: "sqlite:///?table=cortex_cache",
     Tier.PERSISTENT: "sqlite:///?table=persistent",
-    Tier.VECTOR: None,  # the vector tier is not built yet
+    Tier.VECTOR: "sqlite:///?table=vector",
     Tier.WORKFLOW: "sqlite:///?table=workflow",
 }
 
@@ -72,6 +72,9 @@ class MemoryConfig:
     gpu_reserve: float | int | str = 0.02
     #: Total memory of the host-memory pools standing in for a GPU.
     host_pool_memory: int | str = "1GiB"
+    #: The vector tier's dimension (None: taken from the first vector) and default metric.
+    vector_dim: int | None = None
+    vector_metric: str = "cosine"
     #: Versions kept per workflow key (older ones are purged); None keeps all.
     workflow_retain: int | None = 100
     session_max_items: int | None = 100_000
@@ -185,7 +188,8 @@ _NONE = type(None)
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "path": (str, _NONE), "default_tier": (Tier,), "gpu_pools": (dict,),
     "gpu_reserve": (float, int, str), "host_pool_memory": (int, str),
-    "workflow_retain": (int, _NONE), "session_max_items": (int, _NONE),
+    "workflow_retain": (int, _NONE), "vector_dim": (int, _NONE), "vector_metric": (str,),
+    "session_max_items": (int, _NONE),
     "session_max_bytes": (int, _NONE), "max_key_bytes": (int,), "max_value_bytes": (int,),
     "codec": (str,), "signing_key": (str, bytes, _NONE), "promote": (bool,),
     "promotion_queue": (int,), "cache_only": (frozenset,), "call_timeout": (float, int),

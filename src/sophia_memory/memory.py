@@ -21,11 +21,12 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from ._core import MASK, Core, Slot
 from ._support import canonical_hash
+from .backends import Searchable
 from .backends.hostpool import is_pool_value
 from .clock import Clock, SystemClock
 from .config import MemoryConfig, tier_of
 from .errors import InvalidArgumentError, InvalidKeyError, UnsupportedValueError, ValueTooLargeError
-from .tiers import Entry, Record, Tier
+from .tiers import Entry, Hit, Record, Tier
 
 __all__ = ["Memory"]
 
@@ -261,7 +262,8 @@ class Memory:
     async def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
                   ttl: float | timedelta | None = None, pool: str | None = None,
                   expected_version: int | None = None,
-                  meta: Mapping[str, Any] | None = None) -> int | None:
+                  meta: Mapping[str, Any] | None = None,
+                  vector: Any = None) -> int | None:
         """Store ``value`` under ``key`` in ``tier`` (default: the configured default tier).
 
         Returns once the home tier has the value (durably, for SQL tiers); copies in faster
@@ -272,6 +274,10 @@ class Memory:
         ``meta`` is a small dict of JSON-like metadata kept with the item and returned in
         ``Entry.meta``; tables with a column of the same name (the Cortex table's
         ``gpu_processed``, ``processing_time_ms``, ``gpu_memory_used_mb``) store it there.
+
+        ``Tier.VECTOR`` needs ``vector=``: a 1-D array of real numbers of the tier's dimension
+        (fixed by configuration or by the first vector), finite; :meth:`search` finds the item
+        by it. Other tiers refuse ``vector=``.
 
         ``Tier.WORKFLOW`` keeps versions: the put appends one and returns its number;
         ``expected_version=n`` appends only if the newest version is n (0: the key must not
@@ -293,20 +299,45 @@ class Memory:
                     or expected_version < 0):
                 raise InvalidArgumentError(f"expected_version must be an int >= 0, got "
                                            f"{expected_version!r}")
+        if vector is not None or isinstance(slot.backend, Searchable):
+            meta = self._with_vector(slot, vector, meta)
         now = core.now()
         rec = self._record(slot, value, self._expiry(ttl, now), now, pool=pool, meta=meta)
         return await core.write({full: rec}, slot, expected_version)
 
+    @staticmethod
+    def _with_vector(slot: Slot, vector: Any, meta: Mapping[str, Any] | None,
+                     ) -> dict[str, Any]:
+        backend = slot.backend
+        if not isinstance(backend, Searchable):
+            raise InvalidArgumentError(f"vector= applies to Tier.VECTOR, not {slot.tier}")
+        if vector is None:
+            raise InvalidArgumentError("a put to Tier.VECTOR needs vector=")
+        arr = backend.prepare(vector)
+        return {**(meta or {}), "embedding": arr.tobytes(), "dim": int(arr.size)}
+
     async def put_many(self, items: Mapping[str, Any], *, tier: Tier | str | int | None = None,
-                       ttl: float | timedelta | None = None) -> None:
+                       ttl: float | timedelta | None = None,
+                       vectors: Mapping[str, Any] | None = None) -> None:
         """Store several values in one tier; all are validated before any is stored, and SQL
-        tiers write them in one transaction."""
+        tiers write them in one transaction. ``Tier.VECTOR`` needs ``vectors={key: vector}``
+        for every key."""
         core = self._core
         slot = core.slot(self._tier(tier))
         now = core.now()
         expires_at = self._expiry(ttl, now)
-        records = {self._key(k): self._record(slot, v, expires_at, now)
-                   for k, v in items.items()}
+        if vectors is not None or isinstance(slot.backend, Searchable):
+            vectors = vectors or {}
+            missing = [k for k in items if k not in vectors]
+            if missing:
+                raise InvalidArgumentError(f"no vector for {len(missing)} key(s), e.g. "
+                                           f"{missing[0]!r}")
+            records = {self._key(k): self._record(
+                slot, v, expires_at, now, meta=self._with_vector(slot, vectors[k], None))
+                for k, v in items.items()}
+        else:
+            records = {self._key(k): self._record(slot, v, expires_at, now)
+                       for k, v in items.items()}
         if records:
             await core.write(records, slot)
 
@@ -318,6 +349,49 @@ class Memory:
         """Remove several keys from every tier; how many held a live value."""
         full = list(dict.fromkeys(self._key(k) for k in keys))
         return await self._core.delete(full) if full else 0
+
+    # -- similarity search ---------------------------------------------------------------------
+
+    async def search(self, vector: Any, k: int = 10, *, metric: str | None = None,
+                     min_score: float | None = None) -> list[Hit]:
+        """The ``k`` items of ``Tier.VECTOR`` most similar to ``vector``, best first.
+
+        Exact (recall 1.0) cosine or inner-product (``metric="ip"``) top-k over the items of
+        this namespace only; ``min_score`` drops weaker hits. Consistent with every put and
+        delete that has returned. Raises :class:`InvalidArgumentError` for a vector of the
+        wrong dimension, NaN/inf or non-numeric input.
+        """
+        return (await self.search_batch([vector], k, metric=metric, min_score=min_score))[0]
+
+    async def search_batch(self, vectors: Any, k: int = 10, *, metric: str | None = None,
+                           min_score: float | None = None) -> list[list[Hit]]:
+        """:meth:`search` for many query vectors at once (one matrix product)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
+        core = self._core
+        slot = core.slot(Tier.VECTOR)
+        backend = slot.backend
+        if not isinstance(backend, Searchable):
+            raise InvalidArgumentError(f"the VECTOR backend ({backend.describe()}) cannot search")
+        queries = [backend.prepare(v) for v in vectors]
+        if not queries:
+            return []
+        t0 = time.perf_counter()
+        found = await core.call(slot, "search", queries, k, metric, self._prefix, min_score)
+        keys = list({key for hits in found for key, _ in hits})
+        now = core.now()
+        records = await core.call(slot, "get_many", keys, now) if keys else {}
+        slot.stats.latencies.append(time.perf_counter() - t0)
+        n = len(self._prefix)
+        out = []
+        for hits in found:
+            row = []
+            for key, score in hits:
+                rec = records.get(key)
+                if rec is not None and not rec.expired(now):
+                    row.append(Hit(key[n:], score, core.decode(slot, rec)))
+            out.append(row)
+        return out
 
     # -- loading ----------------------------------------------------------------------------------
 

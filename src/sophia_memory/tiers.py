@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Entry", "Record", "Tier"]
+__all__ = ["Entry", "Hit", "Record", "Tier"]
 
 
 class Tier(enum.IntEnum):
@@ -76,3 +76,12 @@ class Entry:
     home: bool
     #: Metadata stored with the item (``put(meta=)``, loader timings, Cortex columns).
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result: the key, its similarity score and its value (``Memory.search``)."""
+
+    key: str
+    score: float
+    value: Any

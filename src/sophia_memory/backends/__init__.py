@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigError
-from .base import Backend, Evicting, ObjectStore, Purging, Remote, Versioned
+from .base import Backend, Evicting, ObjectStore, Purging, Remote, Searchable, Versioned
 
 if TYPE_CHECKING:
     from ..config import MemoryConfig
     from ..tiers import Tier
 
 __all__ = ["Backend", "BackendURL", "Evicting", "ObjectStore", "Purging", "Remote",
-           "Versioned", "open_backend", "parse_url", "register"]
+           "Searchable", "Versioned", "open_backend", "parse_url", "register"]
 
 
 @dataclass
@@ -134,6 +134,12 @@ def _sqlite(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
 
         retain = url.pop_int("retain", config.workflow_retain)
         return SQLiteVersionedBackend(path, table, synchronous, retain)
+    if url.options.pop("vector", "1" if tier.name == "VECTOR" else "0") == "1":
+        from .sqlite_vector import SQLiteVectorBackend
+
+        return SQLiteVectorBackend(path, table, synchronous,
+                                   dim=url.pop_int("dim", config.vector_dim),
+                                   metric=url.options.pop("metric", config.vector_metric))
     layout = url.options.pop("layout", "cortex" if tier.name == "CORTEX" else "kv")
     if layout not in ("cortex", "kv"):
         raise ConfigError(f"{url.redacted()}: layout must be cortex or kv")

@@ -34,7 +34,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from ..policies import EvictionListener
 from ..tiers import Record
 
-__all__ = ["Backend", "Evicting", "ObjectStore", "Purging", "Remote", "Versioned"]
+__all__ = ["Backend", "Evicting", "ObjectStore", "Purging", "Remote", "Searchable",
+           "Versioned"]
 
 
 class Backend(ABC):
@@ -146,6 +147,22 @@ class Remote(Protocol):
     (``call_timeout`` seconds) and a circuit breaker."""
 
     call_timeout: float
+
+
+@runtime_checkable
+class Searchable(Protocol):
+    """Items carry an embedding (``Record.extra["embedding"]``, float32 bytes) and can be
+    searched by similarity."""
+
+    def prepare(self, vector: object) -> Any:
+        """The vector checked and converted for storage; InvalidArgumentError if unusable."""
+        ...
+
+    async def search(self, queries: object, k: int, metric: str | None, prefix: str,
+                     min_score: float | None) -> list[list[tuple[str, float]]]:
+        """Exact top-``k`` ``(key, score)`` pairs for each row of the 2-D ``queries``, best
+        first, among the keys directly in namespace ``prefix``."""
+        ...
 
 
 @runtime_checkable
