@@ -45,6 +45,7 @@ log = logging.getLogger("sophia_memory")
 STRIPES = 4096
 MASK = STRIPES - 1
 _ARRAY_HITS_MAX = 10_000
+_SPILLED_MAX = 1_000_000
 
 
 _Promotion = tuple[str, Any, Record, "Slot", list["Slot"], int]
@@ -150,6 +151,10 @@ class Core:
         self.promotions_dropped = 0
         self.array_hits: OrderedDict[str, int] = OrderedDict()
         self.inflight: dict[str, asyncio.Future[Any]] = {}
+        # key -> indexes of the slots its evicted home items spilled into (bounded, oldest
+        # forgotten first). A put with a TTL to an in-process tier removes those spilled
+        # ancestors, or they would reappear when the new value expires.
+        self.spilled: OrderedDict[str, set[int]] = OrderedDict()
         self.purger: asyncio.Task[None] | None = None
 
     # -- set-up -----------------------------------------------------------------------------
@@ -275,7 +280,7 @@ class Core:
             value = self.decode(slot, rec)
             st.hits += 1
             st.latencies.append(time.perf_counter() - t0)
-            if promote and slot.index > 0 and self.config.promote and not gen0 & 1:
+            if promote and self.config.promote and not slot.obj and not gen0 & 1:
                 self.schedule_promotion(key, value, rec, slot, gen0)
             return rec, value, slot
         if not fast_done:
@@ -299,6 +304,7 @@ class Core:
                 fast_done = True
                 remaining = self._from_spill_buffer(remaining, found, now)
             t0 = time.perf_counter()
+            promote = self.config.promote and not slot.obj  # in-process hits are not copied
             if slot.obj:
                 hits = {k: r for k in remaining if (r := slot.peek(k)) is not None}  # type: ignore[misc]
             else:
@@ -315,7 +321,7 @@ class Core:
                 value = self.decode(slot, rec)
                 found[k] = value
                 slot.stats.hits += 1
-                if slot.index > 0 and self.config.promote and not gens[k] & 1:
+                if promote and not gens[k] & 1:
                     self.schedule_promotion(k, value, rec, slot, gens[k])
             slot.stats.misses += len(remaining) - len(hits)
             remaining = [k for k in remaining if k not in found]
@@ -336,16 +342,19 @@ class Core:
     # -- promotion -----------------------------------------------------------------------------
 
     def promotion_targets(self, key: str, value: Any, found: Slot) -> list[Slot]:
-        """Default policy: always into SESSION; into GPU for arrays that fit, on the 2nd hit."""
+        """Default policy: into SESSION on the first hit; an array that fits the GPU pools
+        waits for its second hit and then goes into GPU and SESSION together (copied into
+        SESSION at once, its later hits would be in-process and never counted)."""
         targets = []
         gpu = self.by_tier.get(Tier.GPU)
         if gpu is not None and gpu.index < found.index and is_pool_value(value):
             hits = self.array_hits.pop(key, 0) + 1
-            self.array_hits[key] = hits
-            if len(self.array_hits) > _ARRAY_HITS_MAX:
-                self.array_hits.popitem(last=False)
-            if hits >= 2:
-                targets.append(gpu)
+            if hits < 2:
+                self.array_hits[key] = hits
+                if len(self.array_hits) > _ARRAY_HITS_MAX:
+                    self.array_hits.popitem(last=False)
+                return []
+            targets.append(gpu)
         session = self.by_tier.get(Tier.SESSION)
         if session is not None and session.index < found.index:
             targets.append(session)
@@ -423,6 +432,7 @@ class Core:
             slot.stats.spills_dropped += 1
             return
         slot.stats.spills += 1
+        self._note_spill(key, target)
         if target.obj:
             payload, size = self.payload_for(target, rec.payload, rec, True)
             moved = Record(payload, rec.expires_at, True, size, rec.version, rec.created_at,
@@ -435,6 +445,7 @@ class Core:
                 if target is None:
                     slot.stats.spills_dropped += 1
                     return
+                self._note_spill(key, target)
         entry = (rec.payload, rec, target)
         self.spilling[key] = entry
         self.spawn(self._spill(key, entry))
@@ -455,6 +466,25 @@ class Core:
                             exc)
                 return
             del self.spilling[key]
+
+    def _note_spill(self, key: str, target: Slot) -> None:
+        where = self.spilled.pop(key, None) or set()
+        where.add(target.index)
+        self.spilled[key] = where
+        if len(self.spilled) > _SPILLED_MAX:
+            self.spilled.popitem(last=False)
+
+    async def _drop_spilled_ancestors(self, keys: Iterable[str], slot: Slot) -> None:
+        """Before a value that can vanish (TTL, pure-cache tier) becomes a key's newest in an
+        in-process tier, remove what the key's older values spilled into the tiers below."""
+        by_slot: dict[int, list[str]] = {}
+        for key in keys:
+            where = self.spilled.pop(key, None)
+            for index in where or ():
+                if index > slot.index:
+                    by_slot.setdefault(index, []).append(key)
+        for index, slot_keys in sorted(by_slot.items()):
+            await self._invalidate(slot_keys, [self.slots[index]])
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -489,8 +519,19 @@ class Core:
             for k in records:  # only now: a failed write must not lose an item in transit
                 self.spilling.pop(k, None)
                 slot.stale.discard(k)
-            await self._invalidate(list(records), self.slots[: slot.index])
-            self._ensure_purger()
+            if self.spilled:
+                if slot.obj and (slot.tier in self.config.cache_only or any(
+                        r.expires_at is not None for r in records.values())):
+                    await self._drop_spilled_ancestors(records, slot)
+                else:
+                    for k in records:  # a home write here replaces a spilled copy here
+                        where = self.spilled.get(k)
+                        if where is not None:
+                            where.discard(slot.index)
+            if slot.index:
+                await self._invalidate(list(records), self.slots[: slot.index])
+            if self.purger is None:
+                self._ensure_purger()
         return version
 
     async def _invalidate(self, keys: list[str], slots: Iterable[Slot]) -> None:
@@ -519,6 +560,7 @@ class Core:
         failure: TierUnavailableError | None = None
         async with _Writing(self, keys):
             for k in keys:
+                self.spilled.pop(k, None)
                 pending = self.spilling.pop(k, None)
                 if pending is not None and not pending[1].expired(now):
                     existed.add(k)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidArgumentError
 from .pools import DEFAULT_POOLS
 from .tiers import Tier
 
@@ -42,8 +42,6 @@ _OFF = ("none", "off", "disabled", "")
 
 def tier_of(value: object) -> Tier:
     """A :class:`Tier` from a Tier, its name (any case) or its level number."""
-    from .errors import InvalidArgumentError
-
     if isinstance(value, Tier):
         return value
     if isinstance(value, str):
@@ -202,8 +200,6 @@ def _kind_names(kinds: tuple[type, ...]) -> str:
 
 
 def _config_tier(value: object) -> Tier:
-    from .errors import InvalidArgumentError
-
     try:
         return tier_of(value)
     except InvalidArgumentError as exc:

@@ -38,8 +38,16 @@ def copy_array_value(value: Any) -> Any:
     )
 
 
+_PLAIN = frozenset({str, int, float, bool, bytes, list, tuple, type(None)})
+
+
 def is_pool_value(value: Any) -> bool:
     """Whether ``value`` can live in a pool: an array or a non-empty dict of arrays."""
+    cls = type(value)
+    if cls is np.ndarray:
+        return True
+    if cls in _PLAIN:
+        return False
     return array_kind(value) in ("numpy", "torch", "cupy") or is_array_dict(value)
 
 

@@ -60,15 +60,17 @@ def check_identifier(name: str) -> str:
 
 
 class _Op:
-    __slots__ = ("fetch", "future", "many", "params", "sql")
+    __slots__ = ("fetch", "future", "group", "many", "params", "sql")
 
-    def __init__(self, sql: str, params: Any, many: bool, fetch: bool,
-                 future: asyncio.Future[Any]) -> None:
+    def __init__(self, sql: str, params: Any, future: asyncio.Future[Any], *, many: bool,
+                 fetch: bool, group: bool) -> None:
         self.sql = sql
         self.params = params
         self.many = many
         self.fetch = fetch
         self.future = future
+        #: Consecutive ops of the same statement with ``group`` run as one executemany.
+        self.group = group
 
 
 _STOP = object()
@@ -141,13 +143,15 @@ class SQLiteEngine:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def submit(self, sql: str, params: Any, *, many: bool = False,
-               fetch: bool = False) -> asyncio.Future[Any]:
-        """Queue one write for the next group commit; the future resolves after the commit."""
+    def submit(self, sql: str, params: Any, *, many: bool = False, fetch: bool = False,
+               group: bool = False) -> asyncio.Future[Any]:
+        """Queue one write for the next group commit; the future resolves after the commit.
+        ``group``: the result is not needed, so it may share an executemany with its
+        neighbours."""
         if self._closed:
             raise BackendError("the SQLite engine is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(sql, params, many, fetch, fut))
+        self._queue.put(_Op(sql, params, fut, many=many, fetch=fetch, group=group))
         return fut
 
     def _run(self) -> None:
@@ -181,11 +185,30 @@ class SQLiteEngine:
         cur = conn.execute(op.sql, op.params)
         return cur.fetchall() if op.fetch else cur.rowcount
 
+    @classmethod
+    def _execute_batch(cls, conn: sqlite3.Connection, batch: list[_Op]) -> list[Any]:
+        """Run ``batch`` in order; runs of groupable ops of one statement use executemany."""
+        values: list[Any] = []
+        i = 0
+        while i < len(batch):
+            op = batch[i]
+            j = i + 1
+            if op.group:
+                while j < len(batch) and batch[j].group and batch[j].sql == op.sql:
+                    j += 1
+            if j - i > 1:
+                conn.executemany(op.sql, [o.params for o in batch[i:j]])
+                values.extend([None] * (j - i))
+            else:
+                values.append(cls._execute(conn, op))
+            i = j
+        return values
+
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            values = [self._execute(conn, op) for op in batch]
+            values = self._execute_batch(conn, batch)
             conn.execute("COMMIT")
             results = [(op.future, v, None) for op, v in zip(batch, values, strict=True)]
             self.commits += 1
@@ -274,6 +297,10 @@ CORTEX_LAYOUT = Layout(key="cache_key", value="cache_value", meta=(
 
 
 def _row_to_record(row: tuple[Any, ...], layout: Layout = DEFAULT_LAYOUT) -> Record:
+    if not layout.meta:
+        payload, expires_at, home, size, version, created_at, extra = row
+        return Record(payload, expires_at, bool(home), size, version, created_at,
+                      json.loads(extra) if extra else {})
     payload, expires_at, home, size, version, created_at, extra = row[:7]
     extras = json.loads(extra) if extra else {}
     for (name, _), value in zip(layout.meta, row[7:], strict=True):
@@ -364,7 +391,7 @@ class SQLiteBackend(Backend):
         return found
 
     async def put(self, key: str, record: Record) -> None:
-        await self.engine.submit(self._sql_put, self._params(key, record))
+        await self.engine.submit(self._sql_put, self._params(key, record), group=True)
 
     async def put_many(self, records: Mapping[str, Record]) -> None:
         if records:
