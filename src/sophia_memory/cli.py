@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .backends import parse_url
 from .config import MemoryConfig
-from .errors import SophiaMemoryError
+from .errors import SophiaMemoryError, VersionConflictError
 from .gpu import detect_gpu
 from .memory import Memory
 from .tiers import Tier
@@ -33,6 +33,7 @@ _SAMPLE_VALUES: dict[Tier, Any] = {
     Tier.SESSION: {"user": 42, "cart": [1, 2, 3], "locale": "en"},
     Tier.CORTEX: {"model": "llama3-70b", "answer": "Paris is the capital of France."},
     Tier.PERSISTENT: {"note": "durable memory", "tags": ["a", "b"]},
+    Tier.VECTOR: {"title": "a document", "text": "what the embedding describes"},
     Tier.WORKFLOW: {"step": 3, "status": "running", "inputs": {"doc": 7}},
 }
 
@@ -51,8 +52,12 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+_RNG = np.random.default_rng(0)
+
+
 async def _put_next(mem: Memory, keys: Iterator[str], value: Any, tier: Tier) -> None:
-    await mem.put(next(keys), value, tier=tier)
+    vector = _RNG.standard_normal(384).astype(np.float32) if tier is Tier.VECTOR else None
+    await mem.put(next(keys), value, tier=tier, vector=vector)
 
 
 async def measure_tiers(mem: Memory, n: int) -> list[dict[str, Any]]:
@@ -114,21 +119,69 @@ async def _demo(n: int) -> int:
             entry = await mem.get_entry("demo:persistent:0")
             assert entry is not None
             print(f"  after flush, served by {entry.tier} (a copy; its home stays PERSISTENT)")
+            await _demo_l2_l4_l5(mem)
 
-            @mem.cached(tier=Tier.CORTEX, ttl=3600)
-            async def complete(prompt: str, model: str) -> str:
-                await asyncio.sleep(0.05)  # stands in for an LLM call
-                return f"[{model}] answer to {prompt!r}"
 
-            t0 = time.perf_counter()
-            await complete("What is tiered memory?", "llama3-70b")
-            cold = (time.perf_counter() - t0) * 1000
-            t0 = time.perf_counter()
-            await complete("What is tiered memory?", "llama3-70b")
-            warm = (time.perf_counter() - t0) * 1000
-            print(f"\ncached LLM call: {cold:.1f} ms cold, {warm:.3f} ms from the cache")
         failed = [r for r in rows if r["status"] not in ("ok",) and "get_p50" in r]
         return 1 if failed else 0
+
+
+def _toy_embedding(text: str) -> np.ndarray[Any, Any]:
+    """A deterministic stand-in for a sentence model: bag of hashed words."""
+    vec = np.zeros(384, dtype=np.float32)
+    for word in text.lower().replace("?", "").split():
+        vec[hash_word(word) % 384] += 1.0
+    return vec
+
+
+def hash_word(word: str) -> int:
+    return int.from_bytes(word.encode()[:8].ljust(8, b"_"), "little")
+
+
+async def _demo_l2_l4_l5(mem: Memory) -> None:
+    from .cortex import CortexCache
+
+    print("\nL2 CORTEX: an LLM call through the result cache")
+    cache = CortexCache(mem, embed=_toy_embedding, threshold=0.8)
+
+    async def llm() -> str:
+        await asyncio.sleep(0.05)  # stands in for a 50 ms model call
+        return "Tiered memory keeps hot data in fast tiers and spills the rest."
+
+    params = {"temperature": 0}
+    for prompt, semantic in (("what is tiered memory", False), ("what is tiered memory", False),
+                             ("explain what tiered memory is", True)):
+        t0 = time.perf_counter()
+        hit = await cache.complete("llama3-70b", prompt, params, llm, semantic=semantic)
+        took = (time.perf_counter() - t0) * 1000
+        how = ("computed" if not hit.cached else
+               f"semantic hit, similarity {hit.similarity:.3f}" if hit.semantic else "exact hit")
+        print(f"  {prompt!r:<32} {took:8.3f} ms  {how}")
+
+    print("\nL4 VECTOR: exact top-3 by cosine similarity")
+    docs = {"doc:gpu": "gpu memory pools hold model weights",
+            "doc:redis": "redis holds the session state",
+            "doc:sql": "snowflake tables hold durable memory",
+            "doc:llm": "the llm answer cache avoids repeated model calls"}
+    await mem.put_many({k: {"text": t} for k, t in docs.items()}, tier=Tier.VECTOR,
+                       vectors={k: _toy_embedding(t) for k, t in docs.items()})
+    t0 = time.perf_counter()
+    hits = await mem.search(_toy_embedding("where do model weights live gpu memory"), k=3)
+    took = (time.perf_counter() - t0) * 1000
+    for h in hits:
+        print(f"  {h.key:<10} score {h.score:.3f}  {h.value['text']}")
+    print(f"  search took {took:.3f} ms (budget {Tier.VECTOR.budget_ms:.0f} ms)")
+
+    print("\nL5 WORKFLOW: versions and optimistic concurrency")
+    v1 = await mem.put("wf:demo", {"step": 1}, tier=Tier.WORKFLOW)
+    v2 = await mem.put("wf:demo", {"step": 2}, tier=Tier.WORKFLOW, expected_version=v1)
+    try:
+        await mem.put("wf:demo", {"step": "stale"}, tier=Tier.WORKFLOW, expected_version=v1)
+    except VersionConflictError as exc:
+        print(f"  a writer holding version {v1} is refused: current is {exc.current_version}")
+    history = await mem.history("wf:demo")
+    print(f"  versions {[e.version for e in history]} (newest first); "
+          f"version {v1} was {await mem.get('wf:demo', version=v1)}, now {v2}")
 
 
 def _dist_version(name: str) -> str:
@@ -156,12 +209,15 @@ def _doctor() -> int:
     print(f"default tier: {config.default_tier}")
     for tier in Tier:
         url = config.url_for(tier)
-        shown = "off" if url is None else parse_url(url).redacted()
+        try:
+            shown = "off" if url is None else parse_url(url).redacted()
+        except SophiaMemoryError as exc:
+            shown = f"INVALID - {exc}"
         print(f"  L{tier.value} {tier.name:<11} {shown}")
     try:
         mem = Memory.open(config)
     except SophiaMemoryError as exc:
-        print(f"\nopening the tiers failed: {exc}")
+        print(f"\nINVALID: opening the tiers failed: {exc}")
         return 1
     stats = mem.stats()["tiers"]
     print()
