@@ -39,7 +39,7 @@ L1_KEYS = [f"user:{i:05d}" for i in range(500)]
 SQL_VALUE = "v" * 100  # the 100-byte str of the SQLite suites
 #: Every tier but PERSISTENT switched off: a get or put touches SQLite and nothing else.
 SQLITE_ONLY: dict[Tier, str | None] = {Tier.GPU: None, Tier.SESSION: None, Tier.CORTEX: None,
-                                       Tier.WORKFLOW: None}
+                                       Tier.VECTOR: None, Tier.WORKFLOW: None}
 
 
 class KeySequence:

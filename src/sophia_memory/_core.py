@@ -26,7 +26,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._support import CircuitBreaker, TierStats
-from .backends import Backend, Evicting, ObjectStore, Purging, Remote, Versioned, open_backend
+from .backends import (
+    Backend,
+    Evicting,
+    ObjectStore,
+    Purging,
+    Remote,
+    Searchable,
+    Versioned,
+    open_backend,
+)
 from .backends.hostpool import is_pool_value
 from .clock import Clock
 from .codecs import Codec, codec_from_name
@@ -68,7 +77,8 @@ class Slot:
     """One enabled tier: its backend, abilities, breaker and counters."""
 
     __slots__ = ("backend", "breaker", "discard", "draining", "fits", "index", "obj", "peek",
-                 "pop_nowait", "put_nowait", "stale", "stats", "tier", "timeout", "versioned")
+                 "pop_nowait", "put_nowait", "searchable", "stale", "stats", "tier", "timeout",
+                 "versioned")
 
     def __init__(self, tier: Tier, backend: Backend, index: int, breaker: CircuitBreaker,
                  timeout: float | None) -> None:
@@ -77,6 +87,8 @@ class Slot:
         self.index = index
         self.obj = isinstance(backend, ObjectStore)
         self.versioned = isinstance(backend, Versioned)
+        # Abilities are checked once here: isinstance against a Protocol is slow.
+        self.searchable = isinstance(backend, Searchable)
         b: Any = backend
         self.peek = b.peek if self.obj else None
         self.put_nowait = b.put_nowait if self.obj else None

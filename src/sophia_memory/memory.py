@@ -21,7 +21,6 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from ._core import MASK, Core, Slot
 from ._support import canonical_hash
-from .backends import Searchable
 from .backends.hostpool import is_pool_value
 from .clock import Clock, SystemClock
 from .config import MemoryConfig, tier_of
@@ -299,7 +298,7 @@ class Memory:
                     or expected_version < 0):
                 raise InvalidArgumentError(f"expected_version must be an int >= 0, got "
                                            f"{expected_version!r}")
-        if vector is not None or isinstance(slot.backend, Searchable):
+        if vector is not None or slot.searchable:
             meta = self._with_vector(slot, vector, meta)
         now = core.now()
         rec = self._record(slot, value, self._expiry(ttl, now), now, pool=pool, meta=meta)
@@ -308,8 +307,8 @@ class Memory:
     @staticmethod
     def _with_vector(slot: Slot, vector: Any, meta: Mapping[str, Any] | None,
                      ) -> dict[str, Any]:
-        backend = slot.backend
-        if not isinstance(backend, Searchable):
+        backend: Any = slot.backend
+        if not slot.searchable:
             raise InvalidArgumentError(f"vector= applies to Tier.VECTOR, not {slot.tier}")
         if vector is None:
             raise InvalidArgumentError("a put to Tier.VECTOR needs vector=")
@@ -326,7 +325,7 @@ class Memory:
         slot = core.slot(self._tier(tier))
         now = core.now()
         expires_at = self._expiry(ttl, now)
-        if vectors is not None or isinstance(slot.backend, Searchable):
+        if vectors is not None or slot.searchable:
             vectors = vectors or {}
             missing = [k for k in items if k not in vectors]
             if missing:
@@ -370,8 +369,8 @@ class Memory:
             raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
         core = self._core
         slot = core.slot(Tier.VECTOR)
-        backend = slot.backend
-        if not isinstance(backend, Searchable):
+        backend: Any = slot.backend
+        if not slot.searchable:
             raise InvalidArgumentError(f"the VECTOR backend ({backend.describe()}) cannot search")
         queries = [backend.prepare(v) for v in vectors]
         if not queries:

@@ -386,9 +386,13 @@ class SQLiteBackend(Backend):
         for i in range(0, len(keys), _IN_CHUNK):
             chunk = keys[i : i + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in self._read(f"{self._sql_get_many}({marks})", chunk):
+            for row in self._read(self._sql_get_chunk(marks), chunk):
                 found[row[0]] = _row_to_record(row[1:], self.layout)
         return found
+
+    def _sql_get_chunk(self, marks: str) -> str:
+        """The SELECT of ``get_many`` for one chunk of keys (``marks`` are its ``?``)."""
+        return f"{self._sql_get_many}({marks})"
 
     async def put(self, key: str, record: Record) -> None:
         await self.engine.submit(self._sql_put, self._params(key, record), group=True)

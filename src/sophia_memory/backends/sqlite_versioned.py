@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import BackendError, ConfigError, VersionConflictError
 from ..tiers import Record
-from .sqlite import _COLS, _IN_CHUNK, SQLiteBackend, _row_to_record
+from .sqlite import _COLS, SQLiteBackend, _row_to_record
 
 __all__ = ["SQLiteVersionedBackend"]
 
@@ -114,17 +114,9 @@ class SQLiteVersionedBackend(SQLiteBackend):
                           "LIMIT ?", (key, -1 if limit is None else limit))
         return [_row_to_record(r) for r in rows]
 
-    async def get_many(self, keys: Iterable[str], now: float) -> dict[str, Record]:
-        keys = list(dict.fromkeys(keys))
-        found: dict[str, Record] = {}
-        for i in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = (f"SELECT key, {_COLS} FROM {self._t} WHERE key IN ({marks}) "
-                   f"AND {self._latest}")
-            for row in self._read(sql, chunk):
-                found[row[0]] = _row_to_record(row[1:])
-        return found
+    def _sql_get_chunk(self, marks: str) -> str:
+        return (f"SELECT key, {_COLS} FROM {self._t} WHERE key IN ({marks}) "
+                f"AND {self._latest}")
 
     @staticmethod
     def _live_latest(rows: list[Any], now: float) -> bool:
