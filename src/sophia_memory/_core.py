@@ -112,7 +112,10 @@ class _Writing:
 
     def __init__(self, core: Core, keys: Iterable[str]) -> None:
         self.core = core
-        self.stripes = sorted({hash(k) & MASK for k in keys})
+        if isinstance(keys, (dict, list)) and len(keys) == 1:  # the common single put
+            self.stripes = [hash(next(iter(keys))) & MASK]
+        else:
+            self.stripes = sorted({hash(k) & MASK for k in keys})
 
     async def __aenter__(self) -> None:
         locks, taken = self.core.locks, 0

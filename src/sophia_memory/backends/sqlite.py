@@ -60,7 +60,7 @@ def check_identifier(name: str) -> str:
 
 
 class _Op:
-    __slots__ = ("fetch", "future", "group", "many", "params", "sql")
+    __slots__ = ("fetch", "future", "group", "loop", "many", "params", "sql")
 
     def __init__(self, sql: str, params: Any, future: asyncio.Future[Any], *, many: bool,
                  fetch: bool, group: bool) -> None:
@@ -69,6 +69,7 @@ class _Op:
         self.many = many
         self.fetch = fetch
         self.future = future
+        self.loop = future.get_loop()
         #: Consecutive ops of the same statement with ``group`` run as one executemany.
         self.group = group
 
@@ -229,9 +230,13 @@ class SQLiteEngine:
                     err.__cause__ = exc
                     results.append((op.future, None, err))
         self.ops += len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for item in results:
-            by_loop.setdefault(item[0].get_loop(), []).append(item)
+        first = batch[0].loop
+        if all(op.loop is first for op in batch):
+            by_loop = {first: results}
+        else:
+            by_loop = {}
+            for op, item in zip(batch, results, strict=True):
+                by_loop.setdefault(op.loop, []).append(item)
         for loop, items in by_loop.items():
             # RuntimeError: that loop is closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
