@@ -8,6 +8,7 @@ entry point's name is the scheme) or registered with :func:`register`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -75,7 +76,7 @@ def parse_url(url: str) -> BackendURL:
         options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
     except ValueError as exc:
         raise ConfigError(f"malformed backend URL: {exc}") from None
-    if not parts.scheme or not parts.scheme.replace("+", "").isalnum():
+    if not re.fullmatch(r"[a-z][a-z0-9+.\-]*", parts.scheme.lower()):
         raise ConfigError(f"malformed backend URL {url!r}: missing or invalid scheme")
     return BackendURL(url, parts.scheme.lower(), parts.netloc, unquote(parts.path), options)
 
@@ -158,6 +159,21 @@ def _host(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
     return HostPoolBackend(budgets, url.options.pop("default_pool", None))
 
 
+def _redis(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
+    from urllib.parse import urlencode
+
+    from .redis import RedisBackend
+
+    prefix = url.options.pop("prefix", "sm:")
+    timeout = float(url.options.pop("timeout", config.call_timeout))
+    rest = f"?{urlencode(url.options)}" if url.options else ""
+    url.options.clear()  # the rest is the driver's (db, ssl options, ...)
+    return RedisBackend.from_url(f"{url.scheme}://{url.netloc}{url.path}{rest}", prefix,
+                                 timeout)
+
+
 register("memory", _memory)
 register("sqlite", _sqlite)
 register("host", _host)
+for _scheme in ("redis", "rediss", "unix"):
+    register(_scheme, _redis)
