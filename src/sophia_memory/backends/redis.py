@@ -2,8 +2,9 @@
 
 Each key holds one string: a small envelope (magic, a msgpack header with the record's
 metadata, then the codec's payload). The item's expiry is kept in the header and also set as
-the Redis key's expiry (``PX``, the item's TTL) so Redis frees the memory; liveness is
-decided by the header against the memory's clock. A value without the envelope (written by
+the Redis key's expiry (``PX``: the item's TTL plus a minute's grace, so a clock that differs
+from Redis' never loses a live item early) so Redis frees the memory; liveness is decided by
+the header against the memory's clock. A value without the envelope (written by
 another client) is handed to the codec as it is, which refuses anything it did not write:
 nothing is ever unpickled unless the signed pickle codec is configured.
 
@@ -31,6 +32,7 @@ from .base import Backend
 __all__ = ["RedisBackend"]
 
 _MAGIC = b"SMr1"
+_EXPIRY_GRACE_MS = 60_000
 _HEAD = struct.Struct("<I")
 
 
@@ -100,7 +102,7 @@ class RedisBackend(Backend):
     def _px(rec: Record) -> int | None:
         if rec.expires_at is None:
             return None
-        return max(1, int((rec.expires_at - rec.created_at) * 1000))
+        return max(1, int((rec.expires_at - rec.created_at) * 1000)) + _EXPIRY_GRACE_MS
 
     async def get(self, key: str, now: float) -> Record | None:
         raw = await self._run(self.client.get(self._k(key)))

@@ -1,0 +1,83 @@
+"""The whole-Memory state machine with SESSION on Redis: fakeredis always, and the real
+server on this machine (marked ``redis``; skipped with the reason when unreachable)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from sophia_memory import Memory, Tier
+from sophia_memory.backends import register
+
+from .conftest import small_memory
+from .test_state_machine import TieredMemoryMachine
+
+fakeredis = pytest.importorskip("fakeredis")
+pytest.importorskip("redis.asyncio")
+
+from sophia_memory.backends.redis import RedisBackend  # noqa: E402
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def _fake_factory(url: Any, tier: Tier, config: Any) -> RedisBackend:
+    return RedisBackend(fakeredis.FakeAsyncRedis(), prefix="sm:")
+
+
+register("fakeredis-sm", _fake_factory)
+
+
+class FakeRedisMachine(TieredMemoryMachine):
+    def make_memory(self) -> Memory:
+        return small_memory(self.dir, self.clock, tiers={Tier.SESSION: "fakeredis-sm://"})
+
+
+class RealRedisMachine(TieredMemoryMachine):
+    def make_memory(self) -> Memory:
+        self.prefix = f"smsm:{uuid.uuid4().hex}:"
+        sep = "&" if "?" in REDIS_URL else "?"
+        return small_memory(self.dir, self.clock,
+                            tiers={Tier.SESSION: f"{REDIS_URL}{sep}prefix={self.prefix}"})
+
+    def teardown(self) -> None:
+        backend = self.mem._core.by_tier[Tier.SESSION].backend
+        assert isinstance(backend, RedisBackend)
+
+        async def drop() -> None:
+            names = [n async for n in backend.client.scan_iter(match=self.prefix + "*")]
+            if names:
+                await backend.client.delete(*names)
+
+        self.run(drop())
+        super().teardown()
+
+
+def _redis_reachable() -> str | None:
+    host, _, rest = REDIS_URL.removeprefix("redis://").partition(":")
+    port = int(rest.split("/")[0] or 6379) if rest else 6379
+    try:
+        socket.create_connection((host or "127.0.0.1", port), timeout=1).close()
+    except OSError as exc:
+        return f"no Redis at {REDIS_URL}: {exc}"
+    return None
+
+
+def test_state_machine_with_session_on_fakeredis() -> None:
+    FakeRedisMachine.TestCase.settings = SETTINGS
+    FakeRedisMachine.TestCase().runTest()
+
+
+@pytest.mark.redis
+def test_state_machine_with_session_on_real_redis() -> None:
+    reason = _redis_reachable()
+    if reason:
+        pytest.skip(reason)
+    RealRedisMachine.TestCase.settings = SETTINGS
+    RealRedisMachine.TestCase().runTest()
