@@ -111,21 +111,31 @@ class _Exploit:
         return (os.system, ("touch /tmp/sophia-memory-pwned",))
 
 
+@pytest.mark.parametrize("server", ["fakeredis", pytest.param("real", marks=pytest.mark.redis)])
 @pytest.mark.parametrize("planted", [
     pickle.dumps(_Exploit()), b"\x03" + b"\x00" * 32 + pickle.dumps(_Exploit()),
     b"garbage\xff\xfe", b"SMr1\xff\xff\xff\xffbroken",
 ])
 async def test_foreign_or_malicious_payloads_are_refused(tmp_path: Path, clock: ManualClock,
-                                                         planted: bytes) -> None:
+                                                         planted: bytes, server: str) -> None:
     _forget(MARKER)
-    client = fakeredis.FakeAsyncRedis()
-    backend = RedisBackend(client, prefix="t:")
+    client = fakeredis.FakeAsyncRedis() if server == "fakeredis" else await _real_redis_or_skip()
+    prefix = f"evil:{uuid.uuid4().hex}:"
+    backend = RedisBackend(client, prefix=prefix)
     from sophia_memory.backends import register
 
     register("fakeredis-test", lambda url, tier, config: backend)
     async with Memory.open(path=str(tmp_path / "f.db"), clock=clock,
                            tiers={Tier.SESSION: "fakeredis-test://"}) as mem:
-        await client.set("t:evil", planted)
-        with pytest.raises(DecodeError):
-            await mem.get("evil")
+        await client.set(prefix + "evil", planted)
+        try:
+            with pytest.raises(DecodeError):
+                await mem.get("evil")
+            with pytest.raises(DecodeError):
+                await mem.get_many(["evil"])
+        finally:
+            if server == "real":
+                fresh = redis_asyncio.Redis.from_url(REDIS_URL)
+                await _drop_prefix(fresh, prefix)
+                await fresh.aclose()
     assert not _exists(MARKER), "a planted payload executed code"
