@@ -29,6 +29,7 @@ from ._support import CircuitBreaker, TierStats
 from .backends import (
     Backend,
     Evicting,
+    Invalidating,
     ObjectStore,
     Purging,
     Remote,
@@ -191,8 +192,41 @@ class Core:
             self.by_tier[tier] = slot
             if isinstance(backend, Evicting):
                 backend.set_eviction_listener(self._evict_listener(slot))
+            if isinstance(backend, Invalidating) and any(s.obj for s in self.slots[:-1]):
+                backend.set_invalidation_listener(self._remote_write_listener(slot))
         if not self.slots:
             raise ConfigError("every tier is switched off")
+
+    def _remote_write_listener(self, slot: Slot) -> Any:
+        """For a tier shared with other processes: drop this process's in-process copies of
+        the keys others wrote (None: of every key). Each key's stripe generation moves on
+        (by two, keeping a writer's parity), so a promotion of a value read before the
+        report is not installed."""
+        above = [s for s in self.slots[: slot.index] if s.obj]
+
+        def on_remote_writes(keys: list[str] | None) -> None:
+            gens = self.gens
+            if keys is None:
+                for i in range(STRIPES):
+                    gens[i] += 2
+                if not self.closed:
+                    self.spawn(self._drop_all_copies(above))
+                return
+            for k in keys:
+                gens[hash(k) & MASK] += 2
+                for s in above:
+                    rec = s.peek(k)  # type: ignore[misc]
+                    if rec is not None and not rec.home:
+                        s.pop_nowait(k)  # type: ignore[misc]
+        return on_remote_writes
+
+    async def _drop_all_copies(self, slots: list[Slot]) -> None:
+        now = self.now()
+        for s in slots:
+            for k in await s.backend.keys("", now):
+                rec = s.peek(k)  # type: ignore[misc]
+                if rec is not None and not rec.home:
+                    s.pop_nowait(k)  # type: ignore[misc]
 
     def slot(self, tier: Tier) -> Slot:
         slot = self.by_tier.get(tier)

@@ -16,14 +16,23 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigError
-from .base import Backend, Evicting, ObjectStore, Purging, Remote, Searchable, Versioned
+from .base import (
+    Backend,
+    Evicting,
+    Invalidating,
+    ObjectStore,
+    Purging,
+    Remote,
+    Searchable,
+    Versioned,
+)
 
 if TYPE_CHECKING:
     from ..config import MemoryConfig
     from ..tiers import Tier
 
-__all__ = ["Backend", "BackendURL", "Evicting", "ObjectStore", "Purging", "Remote",
-           "Searchable", "Versioned", "open_backend", "parse_url", "register"]
+__all__ = ["Backend", "BackendURL", "Evicting", "Invalidating", "ObjectStore", "Purging",
+           "Remote", "Searchable", "Versioned", "open_backend", "parse_url", "register"]
 
 
 @dataclass
@@ -165,15 +174,24 @@ def _redis(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
     from .redis import RedisBackend
 
     prefix = url.options.pop("prefix", "sm:")
-    timeout = float(url.options.pop("timeout", config.call_timeout))
-    rest = f"?{urlencode(url.options)}" if url.options else ""
-    url.options.clear()  # the rest is the driver's (db, ssl options, ...)
+    try:
+        timeout = float(url.options.pop("timeout", config.call_timeout))
+    except ValueError:
+        raise ConfigError(f"{url.redacted()}: timeout must be a number of seconds") from None
+    tracking = url.options.pop("tracking", "1")
+    if tracking not in ("0", "1"):
+        raise ConfigError(f"{url.redacted()}: tracking must be 0 or 1")
+    rest = ""
+    if "+" not in url.scheme:  # the rest is the driver's (db, ssl options, ...)
+        rest = f"?{urlencode(url.options)}" if url.options else ""
+        url.options.clear()
     return RedisBackend.from_url(f"{url.scheme}://{url.netloc}{url.path}{rest}", prefix,
-                                 timeout)
+                                 timeout, tracking == "1")
 
 
 register("memory", _memory)
 register("sqlite", _sqlite)
 register("host", _host)
-for _scheme in ("redis", "rediss", "unix"):
+for _scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster",
+                "redis+sentinel", "rediss+sentinel"):
     register(_scheme, _redis)

@@ -15,6 +15,8 @@ Optional abilities are separate protocols, checked with ``isinstance``, never bo
 * :class:`Evicting` - the backend evicts under a bound and reports what it evicted.
 * :class:`Purging` - expired records can be removed in bulk.
 * :class:`Remote` - calls cross a network or process: the front adds timeouts and a breaker.
+* :class:`Invalidating` - a store shared between processes that reports keys changed by
+  others, so the front can drop its in-process copies of them.
 
 Expiry: backends store ``Record.expires_at`` and return records as stored; ``now`` (on the
 memory's clock) is passed where a backend may use it to skip or remove expired records. The
@@ -28,7 +30,7 @@ group; the factory receives the parsed URL.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..policies import EvictionListener
@@ -130,6 +132,18 @@ class Evicting(Protocol):
     """Evicts records under a bound; the listener receives each evicted (key, record)."""
 
     def set_eviction_listener(self, listener: EvictionListener) -> None: ...
+
+
+InvalidationListener = Callable[[list[str] | None], None]
+
+
+@runtime_checkable
+class Invalidating(Protocol):
+    """A shared store that reports keys other clients changed, so a process can drop its
+    in-process copies of them. The listener receives the changed keys, or None when it must
+    assume every key changed (the notification channel was lost or regained)."""
+
+    def set_invalidation_listener(self, listener: InvalidationListener) -> None: ...
 
 
 @runtime_checkable

@@ -1,4 +1,5 @@
-"""Redis backend (``redis://``, ``rediss://``, ``unix://``) on ``redis.asyncio``.
+"""Redis backend on ``redis.asyncio``: ``redis://``, ``rediss://``, ``unix://``,
+``redis+sentinel://`` and ``redis+cluster://``.
 
 Each key holds one string: a small envelope (magic, a msgpack header with the record's
 metadata, then the codec's payload). The item's expiry is kept in the header and also set as
@@ -8,32 +9,46 @@ the header against the memory's clock. A value without the envelope (written by
 another client) is handed to the codec as it is, which refuses anything it did not write:
 nothing is ever unpickled unless the signed pickle codec is configured.
 
-Keys are stored under a prefix (``?prefix=``, default ``sm:``). ``get_many`` is one ``MGET``,
-``put_many`` and ``delete_many`` one non-transactional pipeline; driver errors become
-:class:`BackendError`, and the front adds a timeout and a circuit breaker (this backend is
-:class:`Remote`).
+Keys are stored under a prefix (``?prefix=``, default ``sm:``). ``get_many`` is one ``MGET``
+(one per hash slot on Cluster), ``put_many`` and ``delete_many`` one non-transactional
+pipeline; driver errors become :class:`BackendError`, and the front adds a timeout and a
+circuit breaker (this backend is :class:`Remote`).
 
-Not built yet: Cluster and Sentinel URLs, and invalidation of other processes' in-process
-copies (Redis key tracking).
+Coherence between processes: when the front keeps in-process copies above this tier, it
+registers an invalidation listener, and the backend keeps one extra connection (RESP2) with
+``CLIENT TRACKING ON REDIRECT <itself> BCAST PREFIX <prefix>`` subscribed to
+``__redis__:invalidate``. Every write under the prefix, by any client, reports the key there,
+and the front drops its copies. While that connection is down the listener is told that every
+key may have changed (on loss and again on reconnection). ``?tracking=0`` switches it off.
+Not available on Redis Cluster (tracking is per node); there, copies above this tier are only
+as fresh as their TTL.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
 
-from ..errors import BackendError, MissingDependencyError
+from ..errors import BackendError, ConfigError, MissingDependencyError
 from ..tiers import Record
-from .base import Backend
+from .base import Backend, InvalidationListener
+
+log = logging.getLogger("sophia_memory")
 
 __all__ = ["RedisBackend"]
 
 _MAGIC = b"SMr1"
 _EXPIRY_GRACE_MS = 60_000
 _HEAD = struct.Struct("<I")
+_CHANNEL = "__redis__:invalidate"
+_RETRY_MIN, _RETRY_MAX = 0.05, 2.0  # seconds between attempts to re-open the tracking link
+_HEALTH = 5.0  # seconds: an idle tracking link is pinged this often
 
 
 def _pack(rec: Record) -> bytes:
@@ -59,40 +74,213 @@ def _escape_glob(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+class _Tracker:
+    """The tracking link: one RESP2 connection that asks Redis to report every write under
+    ``prefix`` to itself and listens for the reports. Re-opened with backoff when it fails;
+    the listener hears None whenever the link goes down or comes (back) up."""
+
+    def __init__(self, connect: Callable[[], Any], prefix: str,
+                 listener: InvalidationListener, errors: tuple[type[BaseException], ...],
+                 refused: tuple[type[BaseException], ...]) -> None:
+        self.connect = connect
+        self.prefix = prefix.encode()
+        self.listener = listener
+        self.errors = errors
+        self.refused = refused
+        self.live = asyncio.Event()
+        self.invalidations = 0
+        self.reconnects = 0
+        self.client_id: int | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self) -> None:
+        delay = _RETRY_MIN
+        while True:
+            client = self.connect()
+            pubsub = client.pubsub()
+            try:
+                await self._subscribe(pubsub)
+                delay = _RETRY_MIN
+                while True:
+                    msg = await pubsub.get_message(timeout=_HEALTH)
+                    if msg is not None and msg["type"] == "message":
+                        self._deliver(msg["data"])
+            except self.refused as exc:  # the server cannot track (e.g. too old, or a proxy)
+                log.warning("Redis refused key tracking (%s): other processes' writes will "
+                            "not invalidate this process's copies", exc)
+                return
+            except self.errors as exc:
+                log.info("Redis tracking link lost (%s); re-opening", exc)
+            finally:
+                if self.live.is_set():
+                    self.live.clear()
+                    self.listener(None)  # whatever changed meanwhile is unknown
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            self.reconnects += 1
+            await asyncio.sleep(delay)  # real time: a reconnection cadence
+            delay = min(delay * 2, _RETRY_MAX)
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        await pubsub.connect()
+        conn = pubsub.connection
+        await conn.send_command("CLIENT", "ID")
+        self.client_id = client_id = await conn.read_response()
+        await conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST",
+                                "PREFIX", self.prefix)
+        reply = await conn.read_response()
+        if isinstance(reply, Exception):
+            raise reply
+        await pubsub.subscribe(_CHANNEL)
+        while True:  # wait for the confirmation: from here on, no write goes unreported
+            msg = await pubsub.get_message(timeout=_HEALTH)
+            if msg is not None and msg["type"] == "subscribe":
+                break
+        self.live.set()
+        self.listener(None)  # copies made before the link was up may be stale
+
+    def _deliver(self, data: Any) -> None:
+        if data is None:  # FLUSHDB / FLUSHALL
+            self.listener(None)
+            return
+        cut = len(self.prefix)
+        keys = [raw[cut:].decode("utf-8", "surrogateescape") for raw in data
+                if raw.startswith(self.prefix)]
+        if keys:
+            self.invalidations += len(keys)
+            self.listener(keys)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
 class RedisBackend(Backend):
-    """One Redis (or a compatible server) as a tier's store."""
+    """One Redis (a server, a Sentinel-managed primary, or a Cluster) as a tier's store.
+
+    ``client`` is a ``redis.asyncio`` client (or a compatible one, e.g. fakeredis);
+    ``tracking`` builds a RESP2 client to the same server for the tracking link (None: no
+    invalidation of other processes' copies).
+    """
 
     scheme = "redis"
 
     def __init__(self, client: Any, prefix: str = "sm:", call_timeout: float = 2.0,
-                 description: str = "redis") -> None:
+                 description: str = "redis", *, cluster: bool = False,
+                 tracking: Callable[[], Any] | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self.call_timeout = call_timeout
         self._description = description
         self._closed = False
+        self._cluster = cluster
+        self._mget = client.mget_nonatomic if cluster else client.mget
+        self._tracking = tracking
+        self._tracker: _Tracker | None = None
+        self._track_pending = False
         try:
-            from redis.exceptions import RedisError
+            from redis.exceptions import RedisError, ResponseError
         except ImportError:  # fakeredis clients still raise redis' errors
-            RedisError = OSError  # type: ignore[misc,assignment]
+            RedisError = ResponseError = OSError  # type: ignore[misc,assignment]
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError)
+        self._refused: tuple[type[BaseException], ...] = (ResponseError,)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, call_timeout: float) -> RedisBackend:
-        """Connect lazily to ``url`` (redis://, rediss://, unix://)."""
+    def from_url(cls, url: str, prefix: str, call_timeout: float,
+                 tracking: bool = True) -> RedisBackend:
+        """Connect lazily to ``url``: redis://, rediss://, unix://, ``redis+sentinel://[user:
+        pw@]host:port[,host:port...]/service[/db]`` or ``redis+cluster://[user:pw@]host:port
+        [,host:port...]``."""
         try:
             import redis.asyncio as aioredis
         except ImportError as exc:
             raise MissingDependencyError("redis", "redis", "the Redis backend") from exc
-        client = aioredis.Redis.from_url(url, socket_timeout=call_timeout,
-                                         socket_connect_timeout=call_timeout)
-        host = url.rsplit("@", maxsplit=1)[-1]
-        return cls(client, prefix, call_timeout, f"redis {host.split('?')[0]}")
+        timeouts: dict[str, Any] = {"socket_timeout": call_timeout,
+                                    "socket_connect_timeout": call_timeout}
+        scheme, _, rest = url.partition("://")
+        creds, _, hostpart = rest.rpartition("@")
+        hosts, _, path = hostpart.partition("/")
+        where = f"{scheme}://{hosts}"
+        if scheme in ("redis+cluster", "rediss+cluster"):
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            nodes = [ClusterNode(h, p) for h, p in _host_ports(hosts, url, 6379)]
+            user, password = _credentials(creds)
+            client: Any = RedisCluster(startup_nodes=nodes, username=user, password=password,
+                                  ssl=scheme.startswith("rediss"), **timeouts)
+            return cls(client, prefix, call_timeout, f"redis cluster {where}", cluster=True)
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            from redis.asyncio.sentinel import Sentinel
+
+            parts = [p for p in path.split("?")[0].split("/") if p]
+            if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+                raise ConfigError(f"{where}/...: a Sentinel URL names the service: "
+                                  "redis+sentinel://host:26379/<service>[/<db>]")
+            service, db = parts[0], int(parts[1]) if len(parts) == 2 else 0
+            user, password = _credentials(creds)
+            sentinel = Sentinel(_host_ports(hosts, url, 26379),  # type: ignore[no-untyped-call]
+                                **timeouts)
+            opts: dict[str, Any] = {"db": db, "username": user, "password": password,
+                    "ssl": scheme.startswith("rediss"), **timeouts}
+            client = sentinel.master_for(service, **opts)
+
+            def tracking_client() -> Any:
+                return sentinel.master_for(service, protocol=2, health_check_interval=_HEALTH,
+                                           **{**opts, "socket_timeout": None})
+
+            return cls(client, prefix, call_timeout, f"redis sentinel {where}/{service}",
+                       tracking=tracking_client if tracking else None)
+        client = aioredis.Redis.from_url(url, **timeouts)
+
+        def plain_tracking_client() -> Any:
+            return aioredis.Redis.from_url(url, protocol=2, health_check_interval=_HEALTH,
+                                           socket_connect_timeout=call_timeout)
+
+        return cls(client, prefix, call_timeout, f"redis {where}",
+                   tracking=plain_tracking_client if tracking else None)
+
+    # -- invalidation of other processes' copies --------------------------------------------
+
+    def set_invalidation_listener(self, listener: InvalidationListener) -> None:
+        """Report other clients' writes to ``listener`` from the first call on (no-op on
+        Cluster, or with tracking switched off)."""
+        if self._tracking is None:
+            if self._cluster:
+                log.warning("%s: no key tracking on Redis Cluster; in-process copies above "
+                            "it are not invalidated by other processes' writes",
+                            self._description)
+            return
+        self._tracker = _Tracker(self._tracking, self.prefix, listener, self._errors,
+                                 self._refused)
+        self._track_pending = True
+
+    async def wait_tracking(self, seconds: float) -> bool:
+        """Wait until the tracking link is up (for tests and start-up); whether it is."""
+        tracker = self._tracker
+        if tracker is None:
+            return False
+        if self._track_pending:
+            self._track_pending = False
+            tracker.start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await tracker.live.wait()
+        return tracker.live.is_set()
 
     def _k(self, key: str) -> str:
         return self.prefix + key
 
     async def _run(self, coro: Any) -> Any:
+        if self._track_pending:
+            self._track_pending = False
+            self._tracker.start()  # type: ignore[union-attr]
         try:
             return await coro
         except self._errors as exc:
@@ -112,7 +300,7 @@ class RedisBackend(Backend):
         keys = list(dict.fromkeys(keys))
         if not keys:
             return {}
-        raws = await self._run(self.client.mget([self._k(k) for k in keys]))
+        raws = await self._run(self._mget([self._k(k) for k in keys]))
         return {k: _unpack(raw) for k, raw in zip(keys, raws, strict=True) if raw is not None}
 
     async def exists(self, key: str, now: float) -> bool:
@@ -156,8 +344,38 @@ class RedisBackend(Backend):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._tracker is not None:
+                self._track_pending = False
+                await self._tracker.stop()
             close = getattr(self.client, "aclose", None) or self.client.close
             await self._run(close())
 
+    def stats(self) -> dict[str, Any]:
+        tracker = self._tracker
+        if tracker is None:
+            return {"tracking": False}
+        return {"tracking": tracker.live.is_set(), "invalidations": tracker.invalidations,
+                "tracking_reconnects": tracker.reconnects}
+
     def describe(self) -> str:
         return f"{self._description} (prefix {self.prefix!r})"
+
+
+def _credentials(creds: str) -> tuple[str | None, str | None]:
+    from urllib.parse import unquote
+
+    if not creds:
+        return None, None
+    user, sep, password = creds.partition(":")
+    return (unquote(user) or None), (unquote(password) if sep else None)
+
+
+def _host_ports(hosts: str, url: str, default_port: int) -> list[tuple[str, int]]:
+    found = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":") if ":" in item else (item, "", "")
+        host = host.strip("[]")
+        if not host or (sep and not port.isdigit()):
+            raise ConfigError(f"malformed host list {hosts!r} in a Redis URL")
+        found.append((host, int(port) if sep else default_port))
+    return found
