@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sophia_memory import ManualClock, Memory, Tier, TierUnavailableError
+
+from .redis_servers import free_port, start
 
 pytest.importorskip("redis.asyncio")
 pytestmark = [pytest.mark.redis,
@@ -25,33 +25,10 @@ pytestmark = [pytest.mark.redis,
 RESET = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10  # bounded wait for the server to accept connections
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    return proc
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 @pytest.fixture
 def server() -> Iterator[dict[str, object]]:
-    port = _free_port()
-    state: dict[str, object] = {"port": port, "proc": _start(port)}
+    port = free_port()
+    state: dict[str, object] = {"port": port, "proc": start(port)}
     yield state
     proc = state["proc"]
     assert isinstance(proc, subprocess.Popen)
@@ -88,7 +65,7 @@ async def test_redis_killed_and_restarted(tmp_path: Path, clock: ManualClock,
         await mem.put("still", "fine", tier=Tier.PERSISTENT)  # other homes keep working
         assert await mem.get("still") == "fine"
 
-        server["proc"] = _start(int(server["port"]))  # type: ignore[arg-type]
+        server["proc"] = start(int(server["port"]))  # type: ignore[arg-type]
         with pytest.raises(TierUnavailableError):  # breaker still open: not even tried
             await mem.put("new", 1, tier=Tier.SESSION)
         clock.advance(RESET)
