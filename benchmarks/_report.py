@@ -20,7 +20,7 @@ from _harness import ContestantResult, Settings, SuiteResult
 __all__ = ["environment", "render_markdown", "render_suite_table", "write_results"]
 
 PACKAGES = ("sophia-memory", "cachetools", "cashews", "aiocache", "diskcache", "msgpack",
-            "numpy", "torch")
+            "numpy", "torch", "redis", "hiredis")
 REPO = Path(__file__).resolve().parent.parent
 
 

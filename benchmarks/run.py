@@ -2,6 +2,8 @@
 
     python benchmarks/run.py            # full run (~2 minutes), writes results/latest.{json,md}
     python benchmarks/run.py --quick    # smoke test (seconds), writes results/quick.{json,md}
+    python benchmarks/run.py --redis    # the Redis suites (needs a server: REDIS_URL), writes
+                                        # results/redis_latest.{json,md}
 
 Every suite runs in this one process and event loop, its contestants interleaved round by
 round; see benchmarks/README.md for what each suite times and how to read the results.
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from _harness import Settings, SuiteResult, measure
+from _redis_suites import REDIS_SUITES
 from _report import environment, load_average, render_suite_table, render_targets, write_results
 from _suites import SUITES
 
@@ -30,8 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a fast smoke-test run (few rounds, small counts)")
     parser.add_argument("--rounds", type=int, help="rounds per suite (default: 11, quick: 3)")
-    parser.add_argument("--only", action="append", choices=sorted(SUITES), metavar="SUITE",
-                        help=f"run only this suite (repeatable): {', '.join(SUITES)}")
+    parser.add_argument("--redis", action="store_true",
+                        help="run the Redis suites instead (REDIS_URL, default "
+                        "redis://127.0.0.1:6379/0)")
+    parser.add_argument("--only", action="append", choices=sorted({*SUITES, *REDIS_SUITES}),
+                        metavar="SUITE", help="run only this suite (repeatable): "
+                        f"{', '.join(SUITES)}; with --redis: {', '.join(REDIS_SUITES)}")
     parser.add_argument("--output-dir", type=Path, default=RESULTS,
                         help="where to write the results (default: benchmarks/results)")
     parser.add_argument("--name", help="file stem of the results (default: latest, or quick "
@@ -80,7 +87,7 @@ async def run(args: argparse.Namespace) -> int:
     env = environment(settings, ignored)
     started = time.perf_counter()
     results: list[SuiteResult] = []
-    for key, factory in SUITES.items():
+    for key, factory in (REDIS_SUITES if args.redis else SUITES).items():
         if args.only and key not in args.only:
             continue
         progress(f"{key}: setting up and calibrating")
@@ -103,6 +110,8 @@ async def run(args: argparse.Namespace) -> int:
           f"x{env['machine']['cpu_count']}")
     if not args.no_write:
         stem = args.name or ("quick" if args.quick else "latest")
+        if args.redis and not args.name:
+            stem = f"redis_{stem}"
         paths = write_results(args.output_dir, stem, env, results, elapsed)
         print("wrote " + ", ".join(str(p) for p in paths))
     missed = [t for r in results for t in r.targets if not t.passed]

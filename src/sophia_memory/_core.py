@@ -78,8 +78,8 @@ class Slot:
     """One enabled tier: its backend, abilities, breaker and counters."""
 
     __slots__ = ("backend", "breaker", "discard", "draining", "fits", "index", "obj", "peek",
-                 "pop_nowait", "put_nowait", "searchable", "stale", "stats", "tier", "timeout",
-                 "versioned")
+                 "pop_nowait", "promotable", "put_nowait", "searchable", "stale", "stats", "tier",
+                 "timeout", "versioned")
 
     def __init__(self, tier: Tier, backend: Backend, index: int, breaker: CircuitBreaker,
                  timeout: float | None) -> None:
@@ -103,6 +103,9 @@ class Slot:
         #: them here, and their deletion is replayed once the tier answers again.
         self.stale: set[str] = set()
         self.draining = False
+        #: Whether a hit here can be promoted: promotion is on, this tier is not in-process,
+        #: and a tier the policy promotes into (GPU, SESSION) is above it. Set by Core.
+        self.promotable = False
 
 
 class _Writing:
@@ -172,6 +175,8 @@ class Core:
         # ancestors, or they would reappear when the new value expires.
         self.spilled: OrderedDict[str, set[int]] = OrderedDict()
         self.purger: asyncio.Task[None] | None = None
+        self.purge_wanted = self.config.purge_interval > 0 and any(
+            isinstance(s.backend, Purging) and not s.obj for s in self.slots)
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -183,7 +188,9 @@ class Core:
                 self.unavailable[tier] = "switched off"
                 continue
             backend = open_backend(url, tier, cfg)
-            timeout = cfg.call_timeout if isinstance(backend, Remote) else None
+            timeout = None
+            if isinstance(backend, Remote) and not getattr(backend, "self_timed", False):
+                timeout = backend.call_timeout
             breaker = CircuitBreaker(cfg.breaker_threshold, cfg.breaker_reset, self.now)
             slot = Slot(tier, backend, len(self.slots), breaker, timeout)
             if slot.obj and any(not s.obj for s in self.slots):
@@ -196,6 +203,9 @@ class Core:
                 backend.set_invalidation_listener(self._remote_write_listener(slot))
         if not self.slots:
             raise ConfigError("every tier is switched off")
+        for slot in self.slots:
+            slot.promotable = cfg.promote and not slot.obj and any(
+                s.tier in (Tier.GPU, Tier.SESSION) for s in self.slots[: slot.index])
 
     def _remote_write_listener(self, slot: Slot) -> Any:
         """For a tier shared with other processes: drop this process's in-process copies of
@@ -248,7 +258,11 @@ class Core:
             raise TierUnavailableError(slot.tier, "circuit breaker open after repeated failures")
         try:
             coro = getattr(slot.backend, method)(*args)
-            result = await (asyncio.wait_for(coro, slot.timeout) if slot.timeout else coro)
+            if slot.timeout:
+                async with asyncio.timeout(slot.timeout):  # no extra task, unlike wait_for
+                    result = await coro
+            else:
+                result = await coro
         except TimeoutError as exc:
             breaker.failure()
             slot.stats.errors += 1
@@ -329,7 +343,7 @@ class Core:
             value = self.decode(slot, rec)
             st.hits += 1
             st.latencies.append(time.perf_counter() - t0)
-            if promote and self.config.promote and not slot.obj and not gen0 & 1:
+            if promote and slot.promotable and not gen0 & 1:
                 self.schedule_promotion(key, value, rec, slot, gen0)
             return rec, value, slot
         if not fast_done:
@@ -342,7 +356,8 @@ class Core:
         """Values for the keys found, searching each tier once for all remaining keys."""
         self.check_open()
         now = self.now()
-        gens = {k: self.gens[hash(k) & MASK] for k in keys}
+        gens = {k: self.gens[hash(k) & MASK] for k in keys} \
+            if any(s.promotable for s in self.slots) else {}
         found: dict[str, Any] = {}
         remaining = list(dict.fromkeys(keys))
         fast_done = False
@@ -353,7 +368,7 @@ class Core:
                 fast_done = True
                 remaining = self._from_spill_buffer(remaining, found, now)
             t0 = time.perf_counter()
-            promote = self.config.promote and not slot.obj  # in-process hits are not copied
+            promote = slot.promotable
             if slot.obj:
                 hits = {k: r for k in remaining if (r := slot.peek(k)) is not None}  # type: ignore[misc]
             else:
@@ -579,7 +594,7 @@ class Core:
                             where.discard(slot.index)
             if slot.index:
                 await self._invalidate(list(records), self.slots[: slot.index])
-            if self.purger is None:
+            if self.purger is None and self.purge_wanted:
                 self._ensure_purger()
         return version
 
@@ -657,8 +672,7 @@ class Core:
                 return
 
     def _ensure_purger(self) -> None:
-        if self.purger is None and self.config.purge_interval > 0 and any(
-                isinstance(s.backend, Purging) and not s.obj for s in self.slots):
+        if self.purger is None and self.purge_wanted:
             self.purger = asyncio.get_running_loop().create_task(self._purge_loop())
 
     async def _purge_loop(self) -> None:

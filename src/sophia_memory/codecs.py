@@ -102,15 +102,28 @@ def _measure(value: Any, binary: bool, depth: int = 0, tuples: int = 0) -> int:
                 raise UnsupportedValueError(f"tuples nest deeper than {_MAX_EXT_DEPTH} levels")
             tuples += 1
         size = 5
-        for item in value:
-            size += _measure(item, binary, depth + 1, tuples)
+        for item in value:  # scalars inline: most items are, and a call costs more
+            c = type(item)
+            if c is str and item.isascii():
+                size += len(item) + 5
+            elif c is int or c is float or c is bool or item is None:
+                size += 9
+            else:
+                size += _measure(item, binary, depth + 1, tuples)
         return size
     if isinstance(value, dict):
         size = 5
         for k, item in value.items():
             if type(k) is not str:
                 raise UnsupportedValueError(f"dict keys must be str, got {_describe(k)}")
-            size += _check_str(k) + _measure(item, binary, depth + 1, tuples)
+            size += len(k) + 5 if k.isascii() else _check_str(k)
+            c = type(item)
+            if c is str and item.isascii():
+                size += len(item) + 5
+            elif c is int or c is float or c is bool or item is None:
+                size += 9
+            else:
+                size += _measure(item, binary, depth + 1, tuples)
         return size
     if cls is bytes:
         if not binary:

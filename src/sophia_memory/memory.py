@@ -120,10 +120,14 @@ class Memory:
             raise InvalidKeyError("keys must not be empty")
         if _SEP in key:
             raise InvalidKeyError("keys must not contain U+001F (the namespace separator)")
-        try:
-            size = len(key.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise InvalidKeyError("keys must be valid UTF-8 (no lone surrogates)") from None
+        if key.isascii():
+            size = len(key)
+        else:
+            try:
+                size = len(key.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InvalidKeyError("keys must be valid UTF-8 (no lone surrogates)") \
+                    from None
         limit = self._core.config.max_key_bytes
         if size > limit:
             raise InvalidKeyError(f"key is {size} bytes in UTF-8, over max_key_bytes={limit}")

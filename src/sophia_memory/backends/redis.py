@@ -1,18 +1,20 @@
 """Redis backend on ``redis.asyncio``: ``redis://``, ``rediss://``, ``unix://``,
 ``redis+sentinel://`` and ``redis+cluster://``.
 
-Each key holds one string: a small envelope (magic, a msgpack header with the record's
-metadata, then the codec's payload). The item's expiry is kept in the header and also set as
-the Redis key's expiry (``PX``: the item's TTL plus a minute's grace, so a clock that differs
-from Redis' never loses a live item early) so Redis frees the memory; liveness is decided by
-the header against the memory's clock. A value without the envelope (written by
-another client) is handed to the codec as it is, which refuses anything it did not write:
-nothing is ever unpickled unless the signed pickle codec is configured.
+Each key holds one string: a small envelope (magic, a fixed binary header with the record's
+metadata, its ``extra`` dict in msgpack if any, then the codec's payload). The item's expiry
+is kept in the header and also set as the Redis key's expiry (``PX``: the item's TTL plus a
+minute's grace, so a clock that differs from Redis' never loses a live item early) so Redis
+frees the memory; liveness is decided by the header against the memory's clock. A value
+without the envelope (written by another client) is handed to the codec as it is, which
+refuses anything it did not write: nothing is ever unpickled unless the signed pickle codec
+is configured.
 
 Keys are stored under a prefix (``?prefix=``, default ``sm:``). ``get_many`` is one ``MGET``
-(one per hash slot on Cluster), ``put_many`` and ``delete_many`` one non-transactional
-pipeline; driver errors become :class:`BackendError`, and the front adds a timeout and a
-circuit breaker (this backend is :class:`Remote`).
+(one per hash slot on Cluster); ``put_many`` is one ``MSET`` when no item has a TTL, else one
+non-transactional pipeline (``SET ... PX`` per item), as is ``delete_many``. Driver errors
+become :class:`BackendError`; the front adds a circuit breaker (this backend is
+:class:`Remote`), and the driver's socket timeouts bound each call by ``call_timeout``.
 
 Coherence between processes: when the front keeps in-process copies above this tier, it
 registers an invalidation listener, and the backend keeps one extra connection (RESP2) with
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -43,30 +46,37 @@ log = logging.getLogger("sophia_memory")
 
 __all__ = ["RedisBackend"]
 
-_MAGIC = b"SMr1"
+_MAGIC = b"SMr2"
+#: The envelope's fixed header: magic, expiry (NaN: none), created, size, version, home, and
+#: the length of the msgpack-encoded ``extra`` that follows it (0: none); then the payload.
+_HEAD = struct.Struct("<4sddqqBI")
 _EXPIRY_GRACE_MS = 60_000
-_HEAD = struct.Struct("<I")
 _CHANNEL = "__redis__:invalidate"
 _RETRY_MIN, _RETRY_MAX = 0.05, 2.0  # seconds between attempts to re-open the tracking link
 _HEALTH = 5.0  # seconds: an idle tracking link is pinged this often
 
 
 def _pack(rec: Record) -> bytes:
-    header = msgpack.packb([rec.expires_at, rec.home, rec.size, rec.version, rec.created_at,
-                            rec.extra or None])
-    return b"".join((_MAGIC, _HEAD.pack(len(header)), header, rec.payload))
+    extra = msgpack.packb(rec.extra) if rec.extra else b""
+    expires = math.nan if rec.expires_at is None else rec.expires_at
+    return b"".join((_HEAD.pack(_MAGIC, expires, rec.created_at, rec.size, rec.version,
+                                rec.home, len(extra)), extra, rec.payload))
 
 
 def _unpack(raw: bytes) -> Record:
-    if raw[:4] == _MAGIC and len(raw) >= 8:
-        (hlen,) = _HEAD.unpack_from(raw, 4)
-        try:
-            expires_at, home, size, version, created_at, extra = msgpack.unpackb(
-                raw[8 : 8 + hlen])
-            return Record(raw[8 + hlen :], expires_at, bool(home), size, version, created_at,
-                          extra or {})
-        except (ValueError, TypeError, msgpack.UnpackException):
-            pass
+    if raw[:4] == _MAGIC and len(raw) >= _HEAD.size:
+        _, expires, created, size, version, home, xlen = _HEAD.unpack_from(raw)
+        end = _HEAD.size + xlen
+        extra: dict[str, Any] = {}
+        if xlen:
+            try:
+                extra = msgpack.unpackb(raw[_HEAD.size : end])
+            except (ValueError, TypeError, msgpack.UnpackException):
+                return Record(raw, None, True, len(raw))
+            if not isinstance(extra, dict):
+                return Record(raw, None, True, len(raw))
+        return Record(raw[end:], None if math.isnan(expires) else expires, bool(home), size,
+                      version, created, extra)
     return Record(raw, None, True, len(raw))  # foreign: the codec decides (and refuses)
 
 
@@ -181,6 +191,9 @@ class RedisBackend(Backend):
         self._description = description
         self._closed = False
         self._cluster = cluster
+        # The driver's socket timeouts bound every call by call_timeout; a Cluster client
+        # retries across nodes, so there the front's timeout stays.
+        self.self_timed = not cluster and getattr(client, "connection_pool", None) is not None
         self._mget = client.mget_nonatomic if cluster else client.mget
         self._tracking = tracking
         self._tracker: _Tracker | None = None
@@ -313,9 +326,16 @@ class RedisBackend(Backend):
     async def put_many(self, records: Mapping[str, Record]) -> None:
         if not records:
             return
+        plain = {self._k(k): _pack(r) for k, r in records.items() if r.expires_at is None}
+        if len(plain) == len(records) and not self._cluster:
+            await self._run(self.client.mset(plain))  # one command
+            return
         pipe = self.client.pipeline(transaction=False)
         for key, rec in records.items():
-            pipe.set(self._k(key), _pack(rec), px=self._px(rec))
+            if rec.expires_at is not None or self._cluster:
+                pipe.set(self._k(key), _pack(rec), px=self._px(rec))
+        if plain and not self._cluster:
+            pipe.mset(plain)
         await self._run(pipe.execute())
 
     async def delete(self, key: str, now: float) -> bool:

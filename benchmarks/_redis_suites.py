@@ -1,0 +1,314 @@
+"""The Redis suites (``python benchmarks/run.py --redis``): ``get``, ``put``, ``get_many(100)``
+and ``put_many(100)`` through a ``Memory`` whose only tier is SESSION on Redis, side by side
+with raw ``redis.asyncio`` and the Redis backends of aiocache and cashews, all on one server
+(``REDIS_URL``, default ``redis://127.0.0.1:6379/0``) under their own key prefixes.
+
+The raw anchor (``raw``) is the least code a user could write to keep Python values in Redis
+with redis.asyncio: ``msgpack`` to encode and decode, ``GET`` / ``SET ... PX`` / ``MGET`` (into
+a ``{key: value}`` dict, as ``get_many`` returns) / a non-transactional pipeline of
+``SET ... PX`` for ``put_many``. The targets are against it. ``raw_bytes`` (reads only) does not
+even decode: it shows what the network round trip alone costs. Writes carry a TTL (3600 s) in
+every contestant, as session state does. Every client uses redis-py's hiredis parser.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from aiocache import RedisCache  # type: ignore[import-untyped]
+from aiocache.serializers import JsonSerializer  # type: ignore[import-untyped]
+from cashews import Cache as CashewsCache
+
+from _harness import Contestant, InfoFn, RunFn, Settings, Suite, Target
+from _suites import KeySequence, SuiteFactory, _await_each, _temp_dir
+from sophia_memory import Memory, Tier
+
+__all__ = ["REDIS_SUITES"]
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+#: A session-sized JSON-like value.
+VALUE: dict[str, Any] = {"cart": [1, 2, 3], "user": "u-42", "active": True,
+                         "name": "x" * 40}
+KEYS = [f"user:{i:05d}" for i in range(1000)]
+#: SESSION on Redis and nothing else: every call goes to Redis.
+ONLY_REDIS = {Tier.GPU: None, Tier.CORTEX: None, Tier.PERSISTENT: None, Tier.VECTOR: None,
+              Tier.WORKFLOW: None}
+WRITE_POOL = 1_000_000  # distinct keys the put suites cycle through
+TTL = 3600  # seconds, on every write
+
+
+class _Contestants:
+    """Every client, each under its own prefix on the same server, holding :data:`KEYS`."""
+
+    def __init__(self, stack: AsyncExitStack, run_id: str) -> None:
+        self.stack = stack
+        self.run_id = run_id
+        self.prefixes: list[str] = []
+
+    def prefix(self, who: str) -> str:
+        p = f"smbench:{self.run_id}:{who}:"
+        self.prefixes.append(p)
+        return p
+
+    async def open(self, name: str) -> None:
+        sep = "&" if "?" in REDIS_URL else "?"
+        url = f"{REDIS_URL}{sep}prefix={self.prefix('sophia')}"
+        self.mem = Memory.open(path=str(_temp_dir(self.stack, name) / "m.db"),
+                               tiers={Tier.SESSION: url, **ONLY_REDIS})
+        self.stack.push_async_callback(self.mem.close)
+        self.raw = aioredis.Redis.from_url(REDIS_URL)
+        self.stack.push_async_callback(self.raw.aclose)
+        self.raw_prefix = self.prefix("raw")
+        self.aio = RedisCache(serializer=JsonSerializer(), namespace=self.prefix("aiocache"),
+                              **_aiocache_endpoint())
+        self.stack.push_async_callback(self.aio.close)
+        self.cashews = CashewsCache()
+        self.cashews.setup(REDIS_URL, client_side=False)
+        self.cp = self.prefix("cashews")  # cashews' own prefix= routes keys: prefix by hand
+        self.stack.push_async_callback(self.cashews.close)
+        self.stack.push_async_callback(self._drop_keys)
+        await self.mem.put_many({k: VALUE for k in KEYS}, tier=Tier.SESSION)
+        pipe = self.raw.pipeline(transaction=False)
+        for k in KEYS:
+            pipe.set(self.raw_prefix + k, msgpack.packb(VALUE))
+        await pipe.execute()
+        await self.aio.multi_set([(k, VALUE) for k in KEYS])
+        await self.cashews.set_many({self.cp + k: VALUE for k in KEYS}, expire=3600)
+        for k in KEYS[:10]:  # every contestant must really hit
+            assert await self.mem.get(k) == VALUE
+            assert msgpack.unpackb(await self.raw.get(self.raw_prefix + k)) == VALUE
+            assert await self.aio.get(k) == VALUE
+            assert await self.cashews.get(self.cp + k) == VALUE
+        backend = self.mem._core.by_tier[Tier.SESSION].backend
+        assert "redis" in backend.describe()
+
+    async def _drop_keys(self) -> None:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        for p in self.prefixes:
+            names = [n async for n in client.scan_iter(match=p + "*", count=10_000)]
+            for i in range(0, len(names), 10_000):
+                await client.delete(*names[i : i + 10_000])
+        await client.aclose()
+
+
+def _aiocache_endpoint() -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    db = parts.path.strip("/") or "0"
+    return {"endpoint": parts.hostname or "127.0.0.1", "port": parts.port or 6379,
+            "db": int(db), "password": parts.password}
+
+
+def _redis_hits(mem: Memory) -> tuple[InfoFn, InfoFn]:
+    """Evidence that sophia's calls went to Redis: its SESSION hits during the rounds."""
+    start: dict[str, int] = {}
+
+    async def before() -> dict[str, Any]:
+        start["hits"] = mem.stats()["tiers"]["SESSION"]["hits"]
+        return {}
+
+    async def after() -> dict[str, Any]:
+        tier = mem.stats()["tiers"]["SESSION"]
+        return {"sophia_tiers": [t.name for t in mem.tiers], "sophia_session_backend":
+                tier["backend"], "sophia_session_hits_during_rounds":
+                tier["hits"] - start["hits"]}
+
+    return before, after
+
+
+def _fresh_keys(prefix: str) -> Any:
+    """``run(ops, pass_no)`` helpers writing keys no earlier call wrote."""
+    def keys(ops: int, pass_no: int) -> list[str]:
+        base = (pass_no * 7919) % WRITE_POOL
+        return [f"{prefix}{(base + i) % WRITE_POOL:07d}" for i in range(ops)]
+    return keys
+
+
+def _ratio_targets(bound: float) -> list[Target]:
+    return [Target(f"sophia time <= {bound:.2f}x raw redis.asyncio + msgpack", "time_ratio",
+                   "<=", bound, "raw")]
+
+
+NOTES = ["One Redis server for every contestant (each under its own key prefix); "
+         "sophia's Memory has SESSION on Redis and every other tier switched off.",
+         "aiocache: RedisCache with JsonSerializer and its default timeout=5 s; cashews: "
+         "Cache().setup(url, client_side=False) with its default (pickle) serializer."]
+
+
+@asynccontextmanager
+async def redis_get(settings: Settings) -> AsyncIterator[Suite]:
+    async with AsyncExitStack() as stack:
+        c = _Contestants(stack, uuid.uuid4().hex[:8])
+        await c.open("rget")
+        seq = KeySequence(KEYS, settings.max_ops)
+        raw_seq = KeySequence([c.raw_prefix + k for k in KEYS], settings.max_ops)
+        before, after = _redis_hits(c.mem)
+        raw, unpack = c.raw, msgpack.unpackb
+
+        async def raw_get(k: str) -> Any:
+            data = await raw.get(k)
+            return None if data is None else unpack(data)
+
+        yield Suite(
+            key="redis_get", title="Redis get of a small dict, all hits", unit="one get",
+            reference="sophia",
+            contestants=[
+                Contestant("sophia", "await mem.get(k)  (SESSION on Redis, nothing above)",
+                           _await_each(c.mem.get, seq)),
+                Contestant("raw", "msgpack.unpackb(await redis.asyncio get(k))",
+                           _await_each(raw_get, raw_seq)),
+                Contestant("raw_bytes", "await redis.asyncio get(k)  (bytes, not decoded)",
+                           _await_each(c.raw.get, raw_seq)),
+                Contestant("aiocache", "await aiocache RedisCache.get(k)",
+                           _await_each(c.aio.get, seq)),
+                Contestant("cashews", "await cashews get(k)  (redis backend)",
+                           _await_each(c.cashews.get,
+                                       KeySequence([c.cp + k for k in KEYS], settings.max_ops))),
+            ],
+            targets=_ratio_targets(1.10), notes=NOTES, before=before, after=after)
+
+
+@asynccontextmanager
+async def redis_put(settings: Settings) -> AsyncIterator[Suite]:
+    async with AsyncExitStack() as stack:
+        c = _Contestants(stack, uuid.uuid4().hex[:8])
+        await c.open("rput")
+        keys = _fresh_keys("w:")
+        mem, raw, aio, cashews, rp, cp = c.mem, c.raw, c.aio, c.cashews, c.raw_prefix, c.cp
+        pack = msgpack.packb
+
+        def each(put: Any) -> RunFn:
+            async def run(ops: int, pass_no: int) -> None:
+                for k in keys(ops, pass_no):
+                    await put(k)
+            return run
+
+        async def sophia(k: str) -> None:
+            await mem.put(k, VALUE, tier=Tier.SESSION, ttl=TTL)
+
+        async def raw_set(k: str) -> None:
+            await raw.set(rp + k, pack(VALUE), px=TTL * 1000)
+
+        async def aio_set(k: str) -> None:
+            await aio.set(k, VALUE, ttl=TTL)
+
+        async def cashews_set(k: str) -> None:
+            await cashews.set(cp + k, VALUE, expire=TTL)
+
+        yield Suite(
+            key="redis_put", title="Redis put of a small dict (fresh keys)", unit="one put",
+            reference="sophia",
+            contestants=[
+                Contestant("sophia", "await mem.put(k, v, tier=SESSION, ttl=3600)",
+                           each(sophia)),
+                Contestant("raw", "await redis.asyncio set(k, msgpack.packb(v), px=3600000)",
+                           each(raw_set)),
+                Contestant("aiocache", "await aiocache RedisCache.set(k, v, ttl=3600)",
+                           each(aio_set)),
+                Contestant("cashews", "await cashews set(k, v, expire=3600)",
+                           each(cashews_set)),
+            ],
+            targets=_ratio_targets(1.10), notes=NOTES)
+
+
+@asynccontextmanager
+async def redis_get_many(settings: Settings) -> AsyncIterator[Suite]:
+    async with AsyncExitStack() as stack:
+        c = _Contestants(stack, uuid.uuid4().hex[:8])
+        await c.open("rgetmany")
+        batches = [KEYS[i : i + 100] for i in range(0, len(KEYS), 100)]
+        seq = KeySequence(batches, settings.max_ops)
+        raw_seq = KeySequence([[c.raw_prefix + k for k in b] for b in batches],
+                              settings.max_ops)
+        for b in batches:
+            assert len(await c.mem.get_many(b)) == 100
+        before, after = _redis_hits(c.mem)
+        cashews, cp, raw, unpack = c.cashews, c.cp, c.raw, msgpack.unpackb
+        n = len(c.raw_prefix)
+
+        async def raw_many(keys: list[str]) -> dict[str, Any]:
+            found = await raw.mget(keys)
+            return {k[n:]: unpack(v) for k, v in zip(keys, found, strict=True)
+                    if v is not None}
+
+        async def cashews_many(keys: list[str]) -> Any:
+            return await cashews.get_many(*(cp + k for k in keys))
+
+        yield Suite(
+            key="redis_get_many", title="Redis get_many of 100 keys, all hits",
+            unit="one call fetching 100 keys", reference="sophia",
+            contestants=[
+                Contestant("sophia", "await mem.get_many(keys)", _await_each(c.mem.get_many,
+                                                                             seq)),
+                Contestant("raw", "{k: msgpack.unpackb(v)} from await redis.asyncio "
+                           "mget(keys)", _await_each(raw_many, raw_seq)),
+                Contestant("raw_bytes", "await redis.asyncio mget(keys)  (bytes, not decoded)",
+                           _await_each(c.raw.mget, raw_seq)),
+                Contestant("aiocache", "await aiocache RedisCache.multi_get(keys)",
+                           _await_each(c.aio.multi_get, seq)),
+                Contestant("cashews", "await cashews get_many(*keys)",
+                           _await_each(cashews_many, seq)),
+            ],
+            targets=_ratio_targets(1.15), notes=NOTES, before=before, after=after)
+
+
+@asynccontextmanager
+async def redis_put_many(settings: Settings) -> AsyncIterator[Suite]:
+    async with AsyncExitStack() as stack:
+        c = _Contestants(stack, uuid.uuid4().hex[:8])
+        await c.open("rputmany")
+        keys = _fresh_keys("m:")
+        mem, raw, aio, cashews, rp, cp = c.mem, c.raw, c.aio, c.cashews, c.raw_prefix, c.cp
+        pack = msgpack.packb
+
+        def batches(put: Any) -> RunFn:
+            async def run(ops: int, pass_no: int) -> None:
+                ks = keys(ops * 100, pass_no)
+                for i in range(0, len(ks), 100):
+                    await put(ks[i : i + 100])
+            return run
+
+        async def sophia(ks: list[str]) -> None:
+            await mem.put_many({k: VALUE for k in ks}, tier=Tier.SESSION, ttl=TTL)
+
+        async def raw_pipeline(ks: list[str]) -> None:
+            pipe = raw.pipeline(transaction=False)
+            for k in ks:
+                pipe.set(rp + k, pack(VALUE), px=TTL * 1000)
+            await pipe.execute()
+
+        async def aio_many(ks: list[str]) -> None:
+            await aio.multi_set([(k, VALUE) for k in ks], ttl=TTL)
+
+        async def cashews_many(ks: list[str]) -> None:
+            await cashews.set_many({cp + k: VALUE for k in ks}, expire=TTL)
+
+        yield Suite(
+            key="redis_put_many", title="Redis put_many of 100 items (fresh keys)",
+            unit="one call storing 100 items", reference="sophia",
+            contestants=[
+                Contestant("sophia", "await mem.put_many({k: v, ...}, tier=SESSION, "
+                           "ttl=3600)", batches(sophia)),
+                Contestant("raw", "redis.asyncio pipeline(transaction=False) of 100 "
+                           "SET k msgpack(v) PX 3600000", batches(raw_pipeline)),
+                Contestant("aiocache", "await aiocache RedisCache.multi_set(pairs, ttl=3600)",
+                           batches(aio_many)),
+                Contestant("cashews", "await cashews set_many(mapping, expire=3600)",
+                           batches(cashews_many)),
+            ],
+            targets=_ratio_targets(1.15), notes=NOTES)
+
+
+REDIS_SUITES: dict[str, SuiteFactory] = {
+    "redis_get": redis_get,
+    "redis_put": redis_put,
+    "redis_get_many": redis_get_many,
+    "redis_put_many": redis_put_many,
+}
