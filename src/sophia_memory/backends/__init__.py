@@ -108,6 +108,9 @@ def open_backend(url: str, tier: Tier, config: MemoryConfig) -> Backend:
     parsed = parse_url(url)
     backend = _lookup(parsed.scheme)(parsed, tier, config)
     if parsed.options:
+        from .._core import close_now
+
+        close_now(backend)  # nothing it opened may outlive the refusal
         raise ConfigError(f"{parsed.redacted()}: unknown option(s) "
                           f"{', '.join(sorted(parsed.options))}")
     return backend
@@ -189,9 +192,16 @@ def _redis(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
                                  timeout, tracking == "1")
 
 
+def _snowflake(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
+    from .snowflake import open_snowflake
+
+    return open_snowflake(url, tier, config)
+
+
 register("memory", _memory)
 register("sqlite", _sqlite)
 register("host", _host)
+register("snowflake", _snowflake)
 for _scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster",
                 "redis+sentinel", "rediss+sentinel"):
     register(_scheme, _redis)
