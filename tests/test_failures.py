@@ -303,3 +303,24 @@ async def test_stale_copy_above_is_never_served_after_recovery(
     await fmem.flush()
     assert "k" not in flaky.data  # the missed invalidation was replayed
     assert await fmem.get("k") == "new"
+
+
+async def test_failed_put_that_lands_later_leaves_no_copy_above(
+        tmp_path: Path, clock: ManualClock, flaky: FlakyBackend) -> None:
+    """A remote put can report failure (a timeout) and still commit: the in-process copy of
+    the old value above it must not outlive the failed call."""
+    async with Memory.open(path=str(tmp_path / "c.db"), clock=clock,
+                           tiers={Tier.CORTEX: "flaky://"}) as mem:
+        await mem.put("k", "old", tier=Tier.CORTEX)
+        assert await mem.get("k") == "old"
+        await mem.flush()  # promoted: SESSION holds a copy
+        assert (await mem.get_entry("k")).tier is Tier.SESSION  # type: ignore[union-attr]
+
+        async def lands_then_fails(key: str, record: Record) -> None:
+            flaky.data[key] = record
+            raise BackendError("flaky backend: reply lost after the write landed")
+
+        flaky.put = lands_then_fails  # type: ignore[method-assign]
+        with pytest.raises(TierUnavailableError):
+            await mem.put("k", "new", tier=Tier.CORTEX)
+        assert await mem.get("k") == "new"

@@ -567,18 +567,31 @@ class Core:
         version: int | None = None
         self.check_open()
         async with _Writing(self, records):
-            if slot.obj:
-                for k, rec in records.items():
-                    slot.put_nowait(k, rec)  # type: ignore[misc]
-            elif slot.versioned and len(records) == 1:
-                (k, rec), = records.items()
-                version = await self.call(slot, "append", k, rec, expected_version)
-                rec.version = version
-            elif len(records) == 1:
-                (k, rec), = records.items()
-                await self.call(slot, "put", k, rec)
-            else:
-                await self.call(slot, "put_many", records)
+            try:
+                if slot.obj:
+                    for k, rec in records.items():
+                        slot.put_nowait(k, rec)  # type: ignore[misc]
+                elif slot.versioned and len(records) == 1:
+                    (k, rec), = records.items()
+                    version = await self.call(slot, "append", k, rec, expected_version)
+                    rec.version = version
+                elif len(records) == 1:
+                    (k, rec), = records.items()
+                    await self.call(slot, "put", k, rec)
+                else:
+                    await self.call(slot, "put_many", records)
+            except TierUnavailableError:
+                # A remote write that timed out may still land: copies above must not
+                # outlive it.
+                for upper in self.slots[: slot.index]:
+                    if upper.obj:
+                        for k in records:
+                            rec_above = upper.peek(k)  # type: ignore[misc]
+                            if rec_above is not None and not rec_above.home:
+                                upper.pop_nowait(k)  # type: ignore[misc]
+                    else:
+                        upper.stale.update(records)
+                raise
             slot.stats.puts += len(records)
             for k in records:  # only now: a failed write must not lose an item in transit
                 self.spilling.pop(k, None)

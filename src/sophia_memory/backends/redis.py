@@ -33,6 +33,7 @@ import contextlib
 import logging
 import math
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -54,6 +55,7 @@ _EXPIRY_GRACE_MS = 60_000
 _CHANNEL = "__redis__:invalidate"
 _RETRY_MIN, _RETRY_MAX = 0.05, 2.0  # seconds between attempts to re-open the tracking link
 _HEALTH = 5.0  # seconds: an idle tracking link is pinged this often
+_PING = "sophia-memory"
 
 
 def _pack(rec: Record) -> bytes:
@@ -114,16 +116,27 @@ class _Tracker:
             try:
                 await self._subscribe(pubsub)
                 delay = _RETRY_MIN
+                heard = time.monotonic()
                 while True:
                     msg = await pubsub.get_message(timeout=_HEALTH)
-                    if msg is not None and msg["type"] == "message":
+                    if msg is None:
+                        # Silence: ask for a sign of life; a link that gives none is dead
+                        # even if its socket is still open (a partition, a lost primary).
+                        if time.monotonic() - heard > 2 * _HEALTH:
+                            raise ConnectionError("no reply on the tracking link")
+                        await pubsub.ping(_PING)
+                        continue
+                    heard = time.monotonic()
+                    if msg["type"] == "message":
                         self._deliver(msg["data"])
             except self.refused as exc:  # the server cannot track (e.g. too old, or a proxy)
                 log.warning("Redis refused key tracking (%s): other processes' writes will "
                             "not invalidate this process's copies", exc)
                 return
-            except self.errors as exc:
+            except self.errors as exc:  # (the builtin ConnectionError is an OSError)
                 log.info("Redis tracking link lost (%s); re-opening", exc)
+            except Exception as exc:  # never stop tracking silently
+                log.warning("Redis tracking link failed (%r); re-opening", exc)
             finally:
                 if self.live.is_set():
                     self.live.clear()
@@ -184,7 +197,7 @@ class RedisBackend(Backend):
 
     def __init__(self, client: Any, prefix: str = "sm:", call_timeout: float = 2.0,
                  description: str = "redis", *, cluster: bool = False,
-                 tracking: Callable[[], Any] | None = None) -> None:
+                 tracking: Callable[[], Any] | None = None, sentinel: Any = None) -> None:
         self.client = client
         self.prefix = prefix
         self.call_timeout = call_timeout
@@ -193,7 +206,11 @@ class RedisBackend(Backend):
         self._cluster = cluster
         # The driver's socket timeouts bound every call by call_timeout; a Cluster client
         # retries across nodes, so there the front's timeout stays.
-        self.self_timed = not cluster and getattr(client, "connection_pool", None) is not None
+        pool = getattr(client, "connection_pool", None)
+        bound = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+        self.self_timed = (not cluster and sentinel is None and bound is not None
+                           and bound <= call_timeout)
+        self._sentinel = sentinel
         self._mget = client.mget_nonatomic if cluster else client.mget
         self._tracking = tracking
         self._tracker: _Tracker | None = None
@@ -245,15 +262,15 @@ class RedisBackend(Backend):
             client = sentinel.master_for(service, **opts)
 
             def tracking_client() -> Any:
-                return sentinel.master_for(service, protocol=2, health_check_interval=_HEALTH,
+                return sentinel.master_for(service, protocol=2,
                                            **{**opts, "socket_timeout": None})
 
             return cls(client, prefix, call_timeout, f"redis sentinel {where}/{service}",
-                       tracking=tracking_client if tracking else None)
+                       tracking=tracking_client if tracking else None, sentinel=sentinel)
         client = aioredis.Redis.from_url(url, **timeouts)
 
         def plain_tracking_client() -> Any:
-            return aioredis.Redis.from_url(url, protocol=2, health_check_interval=_HEALTH,
+            return aioredis.Redis.from_url(url, protocol=2,
                                            socket_connect_timeout=call_timeout)
 
         return cls(client, prefix, call_timeout, f"redis {where}",
@@ -368,7 +385,12 @@ class RedisBackend(Backend):
                 self._track_pending = False
                 await self._tracker.stop()
             close = getattr(self.client, "aclose", None) or self.client.close
-            await self._run(close())
+            try:
+                await self._run(close())
+            finally:
+                for client in getattr(self._sentinel, "sentinels", ()):
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
 
     def stats(self) -> dict[str, Any]:
         tracker = self._tracker

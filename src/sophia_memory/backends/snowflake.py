@@ -552,6 +552,11 @@ class SnowflakeBackend(Backend):
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # closed outside a loop (a failed open): release here
+                self.engine.release()
+                return
             await asyncio.to_thread(self.engine.release)
 
     def stats(self) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class SnowflakeEngine:
     def _open(self) -> Any:
         try:
             conn = self._connect()
-        except self._errors as exc:
+        except Exception as exc:  # driver errors, and e.g. ValueError for a bad key file
             raise BackendError(f"cannot connect to Snowflake: {exc}") from exc
         with self._opened_lock:
             self._opened.append(conn)
@@ -269,8 +269,10 @@ class SnowflakeEngine:
                 conn = self._open()
             self._writer_conn = conn
             cur = conn.cursor()
-        except BackendError as exc:
-            results = [(op.future, None, exc) for op in batch]
+        except Exception as exc:  # the writer thread must outlive any failure
+            error = exc if isinstance(exc, BackendError) else BackendError(
+                f"Snowflake writer connection failed: {exc}")
+            results = [(op.future, None, error) for op in batch]
             conn = None
         else:
             self.write_batches += 1

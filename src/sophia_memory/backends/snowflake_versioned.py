@@ -4,8 +4,11 @@ L5), with the semantics of :class:`~sophia_memory.backends.sqlite_versioned.SQLi
 Rows are one per ``(MEMORY_KEY, VERSION)``; the newest version is the key's value. Appends run
 on the engine's single writer thread, so within a process the check of ``expected_version``
 and the insert cannot interleave with another append; the insert is also guarded in SQL
-(``WHERE NOT EXISTS`` a version at or above the new one), so an append from another process
-in between makes it fail instead of writing a duplicate version. Retention keeps the newest
+(``WHERE NOT EXISTS`` a version at or above the new one), which stops an append from another
+process that committed before this one started. Two processes appending the same key at the
+same instant are not excluded: Snowflake runs concurrent ``INSERT ... SELECT`` without a lock
+and does not enforce the primary key, so both may write the same version (see README,
+"Verified against the emulator only"). Retention keeps the newest
 ``retain`` versions: older rows are deleted after each append, and reads never show a version
 retention has passed even before that delete has run.
 """
