@@ -188,9 +188,7 @@ class Core:
                 self.unavailable[tier] = "switched off"
                 continue
             backend = open_backend(url, tier, cfg)
-            timeout = None
-            if isinstance(backend, Remote) and not getattr(backend, "self_timed", False):
-                timeout = backend.call_timeout
+            timeout = backend.call_timeout if isinstance(backend, Remote) else None
             breaker = CircuitBreaker(cfg.breaker_threshold, cfg.breaker_reset, self.now)
             slot = Slot(tier, backend, len(self.slots), breaker, timeout)
             if slot.obj and any(not s.obj for s in self.slots):
@@ -379,21 +377,28 @@ class Core:
                 except TierUnavailableError:
                     continue
             slot.stats.latencies.append(time.perf_counter() - t0)
-            for k, rec in hits.items():
-                if rec.expired(now):
+            decode = None if slot.obj else self.codec.decode
+            live = 0
+            for k, rec in hits.items():  # the per-key loop of every batch read: kept tight
+                exp = rec.expires_at
+                if exp is not None and exp <= now:
                     continue
-                value = self.decode(slot, rec)
+                value = rec.payload if decode is None else decode(rec.payload)
                 found[k] = value
-                slot.stats.hits += 1
+                live += 1
                 if promote and not gens[k] & 1:
                     self.schedule_promotion(k, value, rec, slot, gens[k])
-            slot.stats.misses += len(remaining) - len(hits)
-            remaining = [k for k in remaining if k not in found]
+            slot.stats.hits += live
+            slot.stats.misses += len(remaining) - live
+            if live:
+                remaining = [k for k in remaining if k not in found]
         if not fast_done:
             self._from_spill_buffer(remaining, found, now)
         return found
 
     def _from_spill_buffer(self, keys: list[str], found: dict[str, Any], now: float) -> list[str]:
+        if not self.spilling:
+            return keys
         rest = []
         for k in keys:
             pending = self.spilling.get(k)

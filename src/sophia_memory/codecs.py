@@ -46,6 +46,7 @@ _EXT_BIGINT = 3
 # Nesting limits. Tuples travel as msgpack extensions whose decoding recurses through the
 # C unpacker, so their nesting is held far below the depth that overflows the C stack.
 _MAX_DEPTH = 128
+_VIEW_FROM = 16_384  # payload bytes from which decoding reads through a memoryview
 _MAX_EXT_DEPTH = 32
 _ext_depth = threading.local()
 
@@ -195,6 +196,22 @@ def _packer_packb(value: Any) -> bytes:
     return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
 
 
+_tls = threading.local()
+
+
+def _top_packb(value: Any) -> bytes:
+    """``_packer_packb`` for a whole value, with this thread's reusable Packer (half the cost
+    of building one per call). Nested values packed from ``_default`` use fresh packers, so
+    this one is never re-entered; after an error it starts empty again."""
+    try:
+        packer = _tls.packer
+    except AttributeError:
+        packer = _tls.packer = msgpack.Packer(default=_default, use_bin_type=True,
+                                              strict_types=True)
+    out: bytes = packer.pack(value)
+    return out
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     if code == _EXT_ARRAY:
         return _unpack_array(data)
@@ -234,16 +251,20 @@ class MsgpackCodec:
     def encode(self, value: Any) -> bytes:
         _measure(value, binary=True)
         try:
-            return b"\x01" + _packer_packb(value)
+            return b"\x01" + _top_packb(value)
         except (TypeError, ValueError, OverflowError) as exc:
             if isinstance(exc, UnsupportedValueError):
                 raise
             raise UnsupportedValueError(f"cannot encode value: {exc}") from exc
 
     def decode(self, data: bytes) -> Any:
-        _check_tag(data, _TAG_MSGPACK, self.name)
+        if not data or data[0] != _TAG_MSGPACK:
+            _check_tag(data, _TAG_MSGPACK, self.name)
         try:
-            return _unpackb(memoryview(data)[1:])  # type: ignore[arg-type]  # any buffer
+            # A small payload is cheaper to slice than to wrap in a memoryview.
+            body = data[1:] if len(data) < _VIEW_FROM else memoryview(data)[1:]
+            return msgpack.unpackb(body, ext_hook=_ext_hook, raw=False, strict_map_key=True,
+                                   use_list=True)
         except DecodeError:
             raise
         except Exception as exc:  # msgpack raises several unrelated types on corrupt input

@@ -250,10 +250,13 @@ class Memory:
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the keys found (misses are left out). Each tier is asked once
         for all keys still missing."""
-        keys = list(keys)
-        full = [self._key(k) for k in keys]
+        prefix, limit, key = self._prefix, self._core.config.max_key_bytes, self._key
+        full = [prefix + k if (type(k) is str and k and k.isascii() and len(k) <= limit
+                               and _SEP not in k) else key(k) for k in keys]
         found = await self._core.lookup_many(full)
-        n = len(self._prefix)
+        if not prefix:
+            return found
+        n = len(prefix)
         return {k[n:]: v for k, v in found.items()}
 
     async def exists(self, key: str) -> bool:

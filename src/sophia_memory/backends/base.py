@@ -158,9 +158,7 @@ class Purging(Protocol):
 @runtime_checkable
 class Remote(Protocol):
     """Marks backends whose calls leave the process: the front guards them with a timeout
-    (``call_timeout`` seconds) and a circuit breaker. A backend whose driver already bounds
-    every call by ``call_timeout`` (socket timeouts) sets ``self_timed = True`` and the front
-    adds only the breaker."""
+    (``call_timeout`` seconds) and a circuit breaker."""
 
     call_timeout: float
 

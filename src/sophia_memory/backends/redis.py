@@ -13,8 +13,8 @@ is configured.
 Keys are stored under a prefix (``?prefix=``, default ``sm:``). ``get_many`` is one ``MGET``
 (one per hash slot on Cluster); ``put_many`` is one ``MSET`` when no item has a TTL, else one
 non-transactional pipeline (``SET ... PX`` per item), as is ``delete_many``. Driver errors
-become :class:`BackendError`; the front adds a circuit breaker (this backend is
-:class:`Remote`), and the driver's socket timeouts bound each call by ``call_timeout``.
+become :class:`BackendError`; the front bounds each call by ``call_timeout`` and adds a
+circuit breaker (this backend is :class:`Remote`).
 
 Coherence between processes: when the front keeps in-process copies above this tier, it
 registers an invalidation listener, and the backend keeps one extra connection (RESP2) with
@@ -204,12 +204,6 @@ class RedisBackend(Backend):
         self._description = description
         self._closed = False
         self._cluster = cluster
-        # The driver's socket timeouts bound every call by call_timeout; a Cluster client
-        # retries across nodes, so there the front's timeout stays.
-        pool = getattr(client, "connection_pool", None)
-        bound = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
-        self.self_timed = (not cluster and sentinel is None and bound is not None
-                           and bound <= call_timeout)
         self._sentinel = sentinel
         self._mget = client.mget_nonatomic if cluster else client.mget
         self._tracking = tracking
@@ -232,8 +226,9 @@ class RedisBackend(Backend):
             import redis.asyncio as aioredis
         except ImportError as exc:
             raise MissingDependencyError("redis", "redis", "the Redis backend") from exc
-        timeouts: dict[str, Any] = {"socket_timeout": call_timeout,
-                                    "socket_connect_timeout": call_timeout}
+        # Connecting is bounded here; each call is bounded by the front (one asyncio timeout
+        # per call: a socket_timeout would cost one per reply, a hundred per pipeline).
+        timeouts: dict[str, Any] = {"socket_connect_timeout": call_timeout}
         scheme, _, rest = url.partition("://")
         creds, _, hostpart = rest.rpartition("@")
         hosts, _, path = hostpart.partition("/")
@@ -330,8 +325,21 @@ class RedisBackend(Backend):
         keys = list(dict.fromkeys(keys))
         if not keys:
             return {}
-        raws = await self._run(self._mget([self._k(k) for k in keys]))
-        return {k: _unpack(raw) for k, raw in zip(keys, raws, strict=True) if raw is not None}
+        p = self.prefix
+        raws = await self._run(self._mget([p + k for k in keys]))
+        found: dict[str, Record] = {}
+        size, unpack = _HEAD.size, _HEAD.unpack_from
+        for k, raw in zip(keys, raws, strict=True):  # _unpack, inlined for the common case
+            if raw is None:
+                continue
+            if raw[:4] == _MAGIC and len(raw) >= size:
+                _, expires, created, nbytes, version, home, xlen = unpack(raw)
+                if not xlen:
+                    found[k] = Record(raw[size:], None if math.isnan(expires) else expires,
+                                      home == 1, nbytes, version, created, {})
+                    continue
+            found[k] = _unpack(raw)
+        return found
 
     async def exists(self, key: str, now: float) -> bool:
         rec = await self.get(key, now)
