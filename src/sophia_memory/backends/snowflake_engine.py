@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
 from ..errors import BackendError, MissingDependencyError
+from ._batching import batches
 
 __all__ = ["MergeTarget", "SnowflakeEngine", "driver"]
 
@@ -240,24 +241,8 @@ class SnowflakeEngine:
     def _run_writer(self) -> None:
         conn: Any = None
         try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < _BATCH_MAX:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
+            for batch in batches(self._queue, _STOP, _BATCH_MAX):
                 conn = self._run_batch(conn, batch)
-                if stop:
-                    return
         finally:
             if conn is not None:
                 self._discard(conn)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from ..errors import BackendError, ConfigError
 from ..tiers import Record
+from ._batching import batches
 from .base import Backend
 
 __all__ = ["SQLiteBackend", "SQLiteEngine", "default_path"]
@@ -158,24 +159,8 @@ class SQLiteEngine:
     def _run(self) -> None:
         conn = self._connect()
         try:
-            while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < _BATCH_MAX:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
+            for batch in batches(self._queue, _STOP, _BATCH_MAX):
                 self._commit(conn, batch)
-                if stop:
-                    return
         finally:
             conn.close()
 
