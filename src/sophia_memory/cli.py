@@ -24,6 +24,7 @@ from .config import MemoryConfig
 from .errors import SophiaMemoryError, VersionConflictError
 from .gpu import detect_gpu
 from .memory import Memory
+from .pools import format_bytes, match_preset, plan_pools
 from .tiers import Tier
 
 __all__ = ["main"]
@@ -198,8 +199,12 @@ def _doctor() -> int:
                  "snowflake-connector-python"):
         print(f"  {dist:<28}{_dist_version(dist)}")
     gpu = detect_gpu()
-    print(f"\nGPU: {gpu.name} ({gpu.total_bytes} bytes)" if gpu.available else
-          f"\nGPU: none usable - {gpu.reason}; L0 runs on host-memory pools")
+    if gpu.available:
+        preset = match_preset(str(gpu.name))
+        known = f", preset {preset.name} {preset.nominal}" if preset else ""
+        print(f"\nGPU: {gpu.name} ({format_bytes(gpu.total_bytes or 0)} reported{known})")
+    else:
+        print(f"\nGPU: none usable - {gpu.reason}; L0 runs on host-memory pools")
     try:
         config = MemoryConfig.build()
     except SophiaMemoryError as exc:
@@ -227,13 +232,33 @@ def _doctor() -> int:
             print(f"  L{tier.value} {tier.name:<11} not available: {info['reason']}")
         else:
             print(f"  L{tier.value} {tier.name:<11} ok: {info['backend']}")
-            pools = info.get("backend_stats", {}).get("pools")
-            for name, pool in (pools or {}).items():
-                print(f"      pool {name:<16} limit {pool['limit']:>12,} B"
-                      f"  used {pool['used']:,} B")
+            if tier is Tier.GPU:
+                _print_pools(info.get("backend_stats", {}))
     asyncio.run(mem.close())
+    if gpu.available and gpu.total_bytes:
+        try:
+            plan_pools(config.gpu_pools, gpu.total_bytes, config.gpu_reserve, str(gpu.name))
+        except SophiaMemoryError as exc:
+            print(f"\nINVALID: the L0 pools do not fit the GPU: {exc}")
+            return 1
+        print(f"\nL0 pools fit {gpu.name} ({format_bytes(gpu.total_bytes)} reported, "
+              f"reserve {config.gpu_reserve})")
     print("\nno problems found")
     return 0
+
+
+def _print_pools(stats: dict[str, Any]) -> None:
+    """The L0 device and each pool's budget, usage and counters (validated at open)."""
+    pools = stats.get("pools") or {}
+    if not pools:
+        return
+    total = sum(p["limit"] for p in pools.values())
+    print(f"      device {stats.get('device')}: {len(pools)} pools, "
+          f"{format_bytes(total)} budgeted (they fit: checked when opened)")
+    for name, p in pools.items():
+        print(f"      pool {name:<16}{format_bytes(p['limit']):>12} budget"
+              f"{format_bytes(p['used']):>12} used  {p['items']} items  "
+              f"{p.get('evictions', 0)} evictions  {p.get('oom_retries', 0)} OOM retries")
 
 
 async def _stats() -> int:

@@ -25,14 +25,19 @@ class GpuInfo:
 
 def detect_gpu(device: int = 0) -> GpuInfo:
     """Probe GPU ``device`` through CuPy; never raises."""
-    if importlib.util.find_spec("cupy") is None:
+    try:
+        missing = importlib.util.find_spec("cupy") is None
+    except (ImportError, ValueError):  # a module without a spec already in sys.modules
+        missing = False
+    if missing:
         return GpuInfo(False, "CuPy is not installed (pip install 'sophia-memory[gpu]')")
     try:
         import cupy
     except Exception as exc:  # a broken CuPy install must not break the library
         return GpuInfo(False, f"CuPy failed to import: {exc}")
-    version = getattr(cupy, "__version__", None)
+    version: str | None = None
     try:
+        version = str(getattr(cupy, "__version__", "unknown"))
         count = int(cupy.cuda.runtime.getDeviceCount())
         if count <= device:
             return GpuInfo(False, f"no CUDA device {device} (found {count})",

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_POOLS", "PRESETS", "DevicePreset", "format_bytes", "parse_size", "plan_pools"]
+__all__ = ["DEFAULT_POOLS", "PRESETS", "DevicePreset", "device_memory", "format_bytes",
+           "match_preset", "parse_size", "plan_pools"]
 
 #: Default pools in the platform's proportions 40 : 30 : 20 : 6 of usable memory.
 DEFAULT_POOLS: dict[str, float] = {
@@ -46,6 +47,22 @@ PRESETS: dict[str, DevicePreset] = {
     "H200": DevicePreset("H200", "141 GB", int(139.8 * 2**30)),
     "B200": DevicePreset("B200", "180 GB", int(178.4 * 2**30)),
 }
+
+
+def match_preset(device_name: str) -> DevicePreset | None:
+    """The preset a detected device name belongs to (``"NVIDIA GH200 480GB"`` -> GH200)."""
+    upper = device_name.upper()
+    for key in sorted(PRESETS, key=len, reverse=True):  # GH200 before H200
+        if re.search(rf"(?<![A-Z0-9]){key}(?![0-9])", upper):
+            return PRESETS[key]
+    return None
+
+
+def device_memory(value: int | str, what: str = "memory") -> int:
+    """Bytes of a device given as a size (``"96GB"``) or a preset name (``"GH200"``)."""
+    if isinstance(value, str) and value.strip().upper() in PRESETS:
+        return PRESETS[value.strip().upper()].reported_bytes
+    return parse_size(value, what)
 
 
 def parse_size(value: int | float | str, what: str = "size") -> int:
@@ -103,6 +120,6 @@ def plan_pools(pools: Mapping[str, float | int | str], total: int,
         raise ConfigError(
             f"pools do not fit on {device}: {listing}; total {format_bytes(wanted)} > usable "
             f"{format_bytes(usable)} ({format_bytes(total)} reported - "
-            f"{format_bytes(reserve_bytes)} reserve)"
+            f"{format_bytes(reserve_bytes)} reserve), over by {format_bytes(wanted - usable)}"
         )
     return budgets

@@ -163,12 +163,21 @@ def _sqlite(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
 
 
 def _host(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
-    from ..pools import parse_size, plan_pools
+    from ..pools import device_memory, plan_pools
     from .hostpool import HostPoolBackend
 
-    total = parse_size(url.options.pop("memory", config.host_pool_memory), "host pool memory")
+    # memory= is a size ("4GiB") or a device preset ("GH200") to rehearse its pools on.
+    total = device_memory(url.options.pop("memory", config.host_pool_memory),
+                          "host pool memory")
     budgets = plan_pools(config.gpu_pools, total, config.gpu_reserve, device="host memory")
-    return HostPoolBackend(budgets, url.options.pop("default_pool", None))
+    block = url.pop_int("block", 512) or 512
+    return HostPoolBackend(budgets, url.options.pop("default_pool", None), block)
+
+
+def _cupy(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
+    from .gpupool import open_cupy
+
+    return open_cupy(url, config)  # host pools, with one warning, when there is no GPU
 
 
 def _redis(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
@@ -201,6 +210,7 @@ def _snowflake(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
 register("memory", _memory)
 register("sqlite", _sqlite)
 register("host", _host)
+register("cupy", _cupy)
 register("snowflake", _snowflake)
 for _scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster",
                 "redis+sentinel", "rediss+sentinel"):
