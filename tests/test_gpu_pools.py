@@ -446,3 +446,15 @@ def test_doctor_shows_the_l0_device_pools_budgets_and_usage(
     for name in DEFAULT_POOLS:
         assert f"pool {name}" in out
     assert "OOM retries" in out
+
+
+async def test_a_failed_put_does_not_lose_the_value_it_was_to_replace(
+        tmp_path: Path, clock: ManualClock) -> None:
+    async with pool_memory(tmp_path, clock, {"inference_cache": 1000}) as mem:
+        await mem.put("k", arr(100), tier=Tier.GPU)
+        allocator: Any = l0(mem).allocator
+        allocator.fail_next = 3  # the new value cannot be allocated even in the empty pool
+        with pytest.raises(ValueTooLargeError):
+            await mem.put("k", arr(200), tier=Tier.GPU)
+        await mem.flush()
+        assert np.array_equal(await mem.get("k"), arr(100))  # spilled, still readable

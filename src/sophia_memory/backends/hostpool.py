@@ -275,8 +275,9 @@ class PoolBackend(Backend):
         """Copy ``record``'s value into its pool, evicting (and so spilling) that pool's
         least recently used items first by bytes, then on out-of-memory one at a time.
 
-        An older value of ``key`` is released first, without spilling (it is superseded).
-        Raises :class:`ValueTooLargeError` when the value cannot fit even the empty pool.
+        An older value of ``key`` is released first, without spilling (it is superseded);
+        if the new value then cannot be allocated even in the emptied pool, the older one
+        (when it was put here) spills after all and :class:`ValueTooLargeError` is raised.
         """
         name = self.pool_of(record)
         if not is_pool_value(record.payload):
@@ -286,11 +287,19 @@ class PoolBackend(Backend):
         store = self.pools[name]
         if not store.fits(record.size):  # before anything changes
             raise ValueTooLargeError(record.size, store.max_bytes, f"GPU pool {name!r}")
-        self.pop_nowait(key)
+        held = self._held.get(key)
+        old = self.pop_nowait(key)
         limit = store.max_bytes or 0
         while store.data and store.bytes + record.size > limit:
             self._evict_one(name)
-        allocation = self._allocate(name, record)
+        try:
+            allocation = self._allocate(name, record)
+        except ValueTooLargeError:
+            if old is not None and old.home and held is not None and self._listener:
+                # The put failed: the value it was to replace spills after all.
+                old.payload = self.allocator.detach(held[1])
+                self._listener(key, old)
+            raise
         record.payload = allocation.payload
         store.set(key, record)  # fits now: evicts nothing
         self._held[key] = (name, allocation)
