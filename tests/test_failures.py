@@ -28,7 +28,7 @@ class FlakyBackend(Backend):
     """A dict-backed remote backend that can be told to fail or hang on every call."""
 
     scheme = "flaky"
-    call_timeout = 1.0  # marks it Remote: the front adds its timeout and breaker
+    call_timeout = TIMEOUT  # marks it Remote: the front adds this timeout and a breaker
 
     def __init__(self) -> None:
         self.data: dict[str, Record] = {}
@@ -324,3 +324,30 @@ async def test_failed_put_that_lands_later_leaves_no_copy_above(
         with pytest.raises(TierUnavailableError):
             await mem.put("k", "new", tier=Tier.CORTEX)
         assert await mem.get("k") == "new"
+
+
+async def test_a_timed_out_call_leaves_its_task_usable(fmem: Memory,
+                                                       flaky: FlakyBackend) -> None:
+    """The watchdog's cancel is withdrawn once it became a timeout: the caller's next awaits
+    run normally."""
+    flaky.mode = "hang"
+    with pytest.raises(TierUnavailableError, match="timed out"):
+        await fmem.put("k", "v", tier=Tier.CORTEX)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0)  # would raise CancelledError if a cancel were still pending
+    flaky.mode = "ok"
+    await fmem.put("k2", "v", tier=Tier.PERSISTENT)
+    assert await fmem.get("k2") == "v"
+
+
+async def test_cancelling_a_caller_is_not_turned_into_a_timeout(fmem: Memory,
+                                                                flaky: FlakyBackend) -> None:
+    flaky.mode = "hang"
+    call = asyncio.ensure_future(fmem.put("k", "v", tier=Tier.CORTEX))
+    for _ in range(3):
+        await asyncio.sleep(0)  # let it reach the hanging backend
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert fmem.stats()["tiers"]["CORTEX"]["errors"] == 0

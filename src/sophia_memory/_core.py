@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from ._support import CircuitBreaker, TierStats
+from ._support import CircuitBreaker, Deadlines, TierStats
 from .backends import (
     Backend,
     Evicting,
@@ -175,6 +175,8 @@ class Core:
         # ancestors, or they would reappear when the new value expires.
         self.spilled: OrderedDict[str, set[int]] = OrderedDict()
         self.purger: asyncio.Task[None] | None = None
+        timeouts = [s.timeout for s in self.slots if s.timeout]
+        self.deadlines = Deadlines(min(timeouts, default=1.0) / 4)
         self.purge_wanted = self.config.purge_interval > 0 and any(
             isinstance(s.backend, Purging) and not s.obj for s in self.slots)
 
@@ -254,14 +256,12 @@ class Core:
         breaker = slot.breaker
         if not breaker.allow():
             raise TierUnavailableError(slot.tier, "circuit breaker open after repeated failures")
+        task = self.deadlines.enter(slot.timeout) if slot.timeout else None
         try:
-            coro = getattr(slot.backend, method)(*args)
-            if slot.timeout:
-                async with asyncio.timeout(slot.timeout):  # no extra task, unlike wait_for
-                    result = await coro
-            else:
-                result = await coro
-        except TimeoutError as exc:
+            result = await getattr(slot.backend, method)(*args)
+        except asyncio.CancelledError as exc:
+            if not self.deadlines.expired(task):
+                raise
             breaker.failure()
             slot.stats.errors += 1
             raise TierUnavailableError(slot.tier, f"timed out after {slot.timeout}s") from exc
@@ -269,6 +269,8 @@ class Core:
             breaker.failure()
             slot.stats.errors += 1
             raise TierUnavailableError(slot.tier, str(exc)) from exc
+        finally:
+            self.deadlines.leave(task)
         breaker.success()
         if slot.stale and not slot.draining:
             slot.draining = True
@@ -725,6 +727,7 @@ class Core:
                     await worker
         for task in list(self.tasks):
             task.cancel()
+        await self.deadlines.close()
         for slot in self.slots:
             with contextlib.suppress(Exception):
                 await slot.backend.close()

@@ -1,7 +1,10 @@
-"""Small pieces the front composes: per-tier statistics, the circuit breaker, call keys."""
+"""Small pieces the front composes: per-tier statistics, the circuit breaker, the deadline
+watchdog for remote calls, call keys."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from collections import deque
@@ -10,7 +13,7 @@ from typing import Any
 
 from .errors import UnsupportedValueError
 
-__all__ = ["CircuitBreaker", "TierStats", "canonical_hash"]
+__all__ = ["CircuitBreaker", "Deadlines", "TierStats", "canonical_hash"]
 
 
 class TierStats:
@@ -76,6 +79,71 @@ class CircuitBreaker:
             if self.opened_at is None:
                 self.trips += 1
             self.opened_at = self._clock()
+
+
+class Deadlines:
+    """Cuts off calls that run past their deadline, with one watchdog task for all of them
+    instead of a timer per call (``asyncio.timeout`` schedules and cancels a timer handle on
+    every call: a remote tier's hot path pays for it on each get and put).
+
+    A call registers its task and deadline (:meth:`enter`), and removes them when it ends
+    (:meth:`leave`). The watchdog wakes every ``tick`` seconds of the loop's clock while calls
+    are registered and cancels the tasks whose deadline has passed; :meth:`expired` tells the
+    call that the CancelledError it caught was the watchdog's, so it raises TimeoutError
+    instead. A call is cut off between its deadline and ``tick`` seconds later.
+    """
+
+    __slots__ = ("calls", "cut", "tick", "watchdog")
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self.calls: dict[asyncio.Task[Any], float] = {}
+        self.cut: set[asyncio.Task[Any]] = set()
+        self.watchdog: asyncio.Task[None] | None = None
+
+    def enter(self, seconds: float) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is None or task in self.calls:  # not in a task, or nested: no second deadline
+            return None
+        loop = task.get_loop()
+        self.calls[task] = loop.time() + seconds
+        if self.watchdog is None:
+            self.watchdog = loop.create_task(self._watch())
+        return task
+
+    def leave(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self.calls.pop(task, None)
+            self.cut.discard(task)
+
+    def expired(self, task: asyncio.Task[Any] | None) -> bool:
+        """After a CancelledError: whether the watchdog cut ``task`` off (then the cancel
+        request is withdrawn)."""
+        if task is not None and task in self.cut:
+            self.cut.discard(task)
+            task.uncancel()
+            return True
+        return False
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.calls:
+                await asyncio.sleep(self.tick)  # loop time: a watchdog's cadence
+                now = loop.time()
+                for task, deadline in list(self.calls.items()):
+                    if deadline <= now and task not in self.cut and not task.done():
+                        self.cut.add(task)
+                        task.cancel()
+        finally:
+            self.watchdog = None
+
+    async def close(self) -> None:
+        watchdog = self.watchdog
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
 
 def _canonical(value: Any) -> Any:
