@@ -9,6 +9,10 @@ order reversed). The shim rewrites, after fakesnow's own transforms:
   ``VECTOR(FLOAT, n)``),
 * ``VECTOR_COSINE_SIMILARITY`` to ``ARRAY_COSINE_SIMILARITY`` and ``VECTOR_INNER_PRODUCT`` to
   ``ARRAY_INNER_PRODUCT``,
+* ``CREATE TEMPORARY TABLE db.schema.t`` to a plain ``CREATE TABLE`` there: DuckDB keeps
+  temporary tables in a catalog of their own and refuses a qualified name, which Snowflake
+  accepts (the backend names its staging table in full). Each test's emulator is fresh and
+  private, so a plain table stands in for a session's temporary one,
 
 which makes the backend's vector SQL run and score exactly like NumPy. Nothing else changes.
 """
@@ -30,6 +34,14 @@ _original_transform = FakeSnowflakeCursor._transform
 
 
 def _rewrite(node: exp.Expr) -> exp.Expr:
+    if isinstance(node, exp.Create) and str(node.args.get("kind", "")).upper() == "TABLE":
+        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+        props = node.args.get("properties")
+        if isinstance(target, exp.Table) and target.args.get("catalog") and props is not None:
+            for prop in list(props.expressions):
+                if isinstance(prop, exp.TemporaryProperty):
+                    prop.pop()
+        return node
     if isinstance(node, exp.DataType) and node.this == exp.DataType.Type.VECTOR:
         size = node.expressions[-1]
         dim = size.this.name if isinstance(size, exp.DataTypeParam) else size.name

@@ -5,6 +5,7 @@ suite against a real account as well (skipped without it)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
@@ -312,3 +313,112 @@ def _record() -> Any:
     from sophia_memory.tiers import Record
 
     return Record(b"\x01\x02", size=2, created_at=1.0)
+
+
+# -- closing races ------------------------------------------------------------------------------
+
+
+async def test_a_write_queued_behind_the_stop_marker_fails_instead_of_hanging() -> None:
+    """``release`` can queue its stop marker between a write's ``_closed`` check and its
+    ``put``: the writer then stops ahead of the write, which must still be answered."""
+    from sophia_memory.backends.snowflake_engine import _STOP
+
+    with emulated_snowflake():
+        backend = open_tier(Tier.PERSISTENT)
+        assert isinstance(backend, SnowflakeBackend)
+        engine = backend.engine
+        try:
+            engine._queue.put(_STOP)  # the stop marker overtakes the write below
+            future = engine.write(lambda cur: 1)
+            engine._writer.join(timeout=30)
+            assert not engine._writer.is_alive()
+            with pytest.raises(BackendError, match="engine is closed"):
+                await asyncio.wait_for(future, timeout=30)
+            with pytest.raises(BackendError, match="engine is closed"):
+                engine.write(lambda cur: 2)  # refused once the writer is gone
+            assert engine.pending() == 0
+        finally:
+            await backend.close()
+
+
+async def test_a_read_after_the_reader_pool_shut_down_is_a_backend_error() -> None:
+    """``read`` can pass its ``_closed`` check just before ``release`` shuts the pool down."""
+    with emulated_snowflake():
+        backend = open_tier(Tier.PERSISTENT)
+        assert isinstance(backend, SnowflakeBackend)
+        try:
+            backend.engine._pool.shutdown(wait=True)  # as release() does, after the check
+            with pytest.raises(BackendError, match="engine is closed"):
+                await backend.engine.read(lambda cur: 1)
+            with pytest.raises(BackendError, match="engine is closed"):
+                await backend.get("k", 0.0)
+        finally:
+            await backend.close()
+
+
+async def test_close_answers_every_queued_write() -> None:
+    """Writes queued while the last reference is released either commit or fail: none hangs."""
+    with emulated_snowflake():
+        backend = open_tier(Tier.PERSISTENT)
+        assert isinstance(backend, SnowflakeBackend)
+        await backend.put("warm-up", _record())
+        futures = [asyncio.ensure_future(backend.put(f"k{i}", _record())) for i in range(50)]
+        await asyncio.sleep(0)  # let them queue
+        await backend.close()
+        results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True),
+                                         timeout=30)
+        assert all(r is None or isinstance(r, BackendError) for r in results), results
+
+
+# -- staging table ------------------------------------------------------------------------------
+
+
+async def test_the_staging_table_is_named_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staging table and ``write_pandas`` name the configured database and schema, so a
+    session whose current schema is another one (or none) stages in the right place."""
+    import snowflake.connector.pandas_tools as tools
+
+    from sophia_memory.backends.snowflake import MERGE_ROWS
+    from sophia_memory.backends.snowflake_engine import SnowflakeEngine
+
+    original_kwargs = SnowflakeSettings.connect_kwargs
+
+    def elsewhere(self: SnowflakeSettings, call_timeout: float) -> dict[str, Any]:
+        kw = original_kwargs(self, call_timeout)
+        kw["schema"] = "ELSEWHERE"  # the session's current schema is not the configured one
+        return kw
+
+    with emulated_snowflake():
+        loads: list[dict[str, Any]] = []
+        write_pandas = tools.write_pandas  # the emulator's
+
+        def spy_load(conn: Any, frame: Any, table: str, **kw: Any) -> Any:
+            loads.append({"table": table, **kw})
+            return write_pandas(conn, frame, table, **kw)
+
+        statements: list[str] = []
+        execute = SnowflakeEngine.execute
+
+        def spy_execute(self: Any, cur: Any, sql: str, params: Any = None) -> Any:
+            statements.append(sql)
+            return execute(self, cur, sql, params)
+
+        monkeypatch.setattr(tools, "write_pandas", spy_load)
+        monkeypatch.setattr(SnowflakeEngine, "execute", spy_execute)
+        monkeypatch.setattr(SnowflakeSettings, "connect_kwargs", elsewhere)
+        for tier in (Tier.PERSISTENT, Tier.WORKFLOW):
+            backend = open_tier(tier)
+            n = MERGE_ROWS + 5
+            try:
+                await backend.put_many({f"k{i}": _record() for i in range(n)})
+                assert len(await backend.get_many([f"k{i}" for i in range(n)], 0.0)) == n
+            finally:
+                await backend.close()
+            table = "PERSISTENT_MEMORY" if tier is Tier.PERSISTENT else "WORKFLOW_STATE"
+            assert loads.pop() == {"table": f"SOPHIA_STAGE_{table}", "database": "TESTDB",
+                                   "schema": "SOPHIA_AI_MEMORY", "quote_identifiers": True}
+            staged = [s for s in statements if "SOPHIA_STAGE_" in s]
+            assert staged and all(
+                f'"TESTDB"."SOPHIA_AI_MEMORY"."SOPHIA_STAGE_{table}"' in s for s in staged)
+            assert not any(f' "SOPHIA_STAGE_{table}"' in s for s in staged)
+            statements.clear()

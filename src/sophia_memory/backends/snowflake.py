@@ -332,7 +332,11 @@ class SnowflakeBackend(Backend):
         self._ready = False
         self._schema = f'"{settings.database}"."{settings.schema}"'
         self._t = f'{self._schema}."{self.table}"'
-        self._stage = f"SOPHIA_STAGE_{self.table}"[:255]
+        #: This session's staging table (``put_many``), named in full: the session's current
+        #: schema may be another one, or none.
+        self._stage_name = check_identifier(f"SOPHIA_STAGE_{self.table}"[:255],
+                                            "staging table name")
+        self._stage = f'{self._schema}."{self._stage_name}"'
         lay = self.layout
         self._k = lay.key
         self._select = ", ".join(lay.read)
@@ -440,8 +444,8 @@ class SnowflakeBackend(Backend):
         eng = self.engine
         cols = self.layout.written
         ddl = ", ".join(f"{c.name} {c.stage}" for c in cols)
-        eng.execute(cur, f'CREATE TEMPORARY TABLE IF NOT EXISTS "{self._stage}" ({ddl})')
-        eng.execute(cur, f'TRUNCATE TABLE "{self._stage}"')
+        eng.execute(cur, f"CREATE TEMPORARY TABLE IF NOT EXISTS {self._stage} ({ddl})")
+        eng.execute(cur, f"TRUNCATE TABLE {self._stage}")
         data: dict[str, Any] = {}
         for i, col in enumerate(cols):
             values = [row[i] for row in rows]
@@ -453,12 +457,13 @@ class SnowflakeBackend(Backend):
                 data[col.name] = pd.array(values, dtype="boolean")
             else:
                 data[col.name] = pd.Series(values, dtype=object)
-        eng.bulk_load(pd.DataFrame(data), self._stage)
+        eng.bulk_load(pd.DataFrame(data), self._stage_name, self.settings.database,
+                      self.settings.schema)
         return [c.name for c in cols]
 
     def _merge_staged(self, cur: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         refs = self._load_stage(cur, rows)
-        self.engine.execute(cur, self._merge_sql(f'"{self._stage}"', refs))
+        self.engine.execute(cur, self._merge_sql(self._stage, refs))
 
     async def put(self, key: str, record: Record) -> None:
         await self.engine.upsert(self, [self._row(key, record)])

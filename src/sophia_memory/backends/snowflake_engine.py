@@ -112,6 +112,10 @@ class SnowflakeEngine:
         self._opened_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="sophia-snowflake-read")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Taken to queue a write and when the writer stops taking them: a write is queued
+        #: only while the writer is there to run it (or to fail it, see ``_fail_queued``).
+        self._submit_lock = threading.Lock()
+        self._writer_done = False
         #: Statements sent (reads and writes), write batches, rows merged, bulk loads.
         self.statements = 0
         self.write_batches = 0
@@ -175,16 +179,19 @@ class SnowflakeEngine:
         with self._once_lock:
             self._done.discard(name)
 
-    def bulk_load(self, frame: Any, table: str) -> None:
-        """``write_pandas`` of ``frame`` into the (session-scoped) table ``table`` on the
-        writer's connection (call it from a write): PUT of compressed Parquet plus COPY INTO
-        on real Snowflake."""
+    def bulk_load(self, frame: Any, table: str, database: str, schema: str) -> None:
+        """``write_pandas`` of ``frame`` into the (session-scoped) table
+        ``database.schema.table`` (validated identifiers, unquoted: the driver quotes them) on
+        the writer's connection (call it from a write): PUT of compressed Parquet plus COPY
+        INTO on real Snowflake. Named in full, so it works whatever the session's current
+        schema is."""
         if threading.current_thread() is not self._writer or self._writer_conn is None:
             raise BackendError("bulk loads run on the writer thread only")
         tools = driver().pandas_tools  # looked up per call: the emulator patches it
         self.bulk_loads += 1
         try:
-            ok, *_ = tools.write_pandas(self._writer_conn, frame, table, quote_identifiers=True)
+            ok, *_ = tools.write_pandas(self._writer_conn, frame, table, database=database,
+                                        schema=schema, quote_identifiers=True)
         except self._errors as exc:
             raise BackendError(f"Snowflake bulk load failed: {exc}") from exc
         if not ok:
@@ -218,16 +225,21 @@ class SnowflakeEngine:
         """Run ``fn(cursor)`` on a pooled connection in a reader thread."""
         if self._closed:
             raise BackendError("the Snowflake engine is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._read_task, fn)
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(self._pool, self._read_task, fn)
+        except RuntimeError as exc:  # the pool was shut down after the check above
+            raise BackendError("the Snowflake engine is closed") from exc
+        return await fut
 
     # -- writes -----------------------------------------------------------------------------------
 
     def _submit(self, fn: Callable[[Any], Any] | None, target: MergeTarget | None,
                 rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
-        if self._closed:
-            raise BackendError("the Snowflake engine is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fut, fn, target, rows))
+        with self._submit_lock:
+            if self._closed or self._writer_done:
+                raise BackendError("the Snowflake engine is closed")
+            self._queue.put(_Op(fut, fn, target, rows))
         return fut
 
     def write(self, fn: Callable[[Any], Any]) -> asyncio.Future[Any]:
@@ -244,8 +256,25 @@ class SnowflakeEngine:
             for batch in batches(self._queue, _STOP, _BATCH_MAX):
                 conn = self._run_batch(conn, batch)
         finally:
+            with self._submit_lock:
+                self._writer_done = True
+            self._fail_queued()
             if conn is not None:
                 self._discard(conn)
+
+    def _fail_queued(self) -> None:
+        """Fail every operation still queued once the writer has stopped: one queued while
+        ``release`` raced it (its stop marker went in first) would otherwise never resolve."""
+        left: list[_Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Op):
+                left.append(item)
+        self._deliver(left, [(op.future, None, BackendError("the Snowflake engine is closed"))
+                             for op in left])
 
     def _run_batch(self, conn: Any, batch: list[_Op]) -> Any:
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []

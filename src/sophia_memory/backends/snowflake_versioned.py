@@ -95,8 +95,8 @@ class SnowflakeVersionedBackend(SnowflakeBackend):
             eng = self.engine
             if len(rows) > 256:
                 refs = self._load_stage(cur, rows)
-                source = f'(SELECT * FROM "{self._stage}") AS s'
-                keyset = f'SELECT {self._k} FROM "{self._stage}"'
+                source = f"(SELECT * FROM {self._stage}) AS s"
+                keyset = f"SELECT {self._k} FROM {self._stage}"
                 params: list[Any] = []
                 key_params: list[Any] = []
             else:
