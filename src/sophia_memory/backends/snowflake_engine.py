@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
 from ..errors import BackendError, MissingDependencyError
-from ._batching import batches
+from ._batching import batches, resolve
 
 __all__ = ["MergeTarget", "SnowflakeEngine", "driver"]
 
@@ -66,16 +66,6 @@ class _Op:
         self.fn = fn
         self.target = target
         self.rows = rows
-
-
-def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, value, exc in results:
-        if fut.done():  # the caller gave up (timeout, cancellation)
-            continue
-        if exc is None:
-            fut.set_result(value)
-        else:
-            fut.set_exception(exc)
 
 
 class SnowflakeEngine:
@@ -334,7 +324,7 @@ class SnowflakeEngine:
         for loop, items in by_loop.items():
             # RuntimeError: that loop is closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, items)
+                loop.call_soon_threadsafe(resolve, items)
 
     # -- life cycle -------------------------------------------------------------------------------
 

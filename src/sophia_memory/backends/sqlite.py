@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from ..errors import BackendError, ConfigError
 from ..tiers import Record
-from ._batching import batches
+from ._batching import batches, resolve
 from .base import Backend
 
 __all__ = ["SQLiteBackend", "SQLiteEngine", "default_path"]
@@ -76,16 +76,6 @@ class _Op:
 
 
 _STOP = object()
-
-
-def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, value, exc in results:
-        if fut.done():
-            continue
-        if exc is None:
-            fut.set_result(value)
-        else:
-            fut.set_exception(exc)
 
 
 class SQLiteEngine:
@@ -225,7 +215,7 @@ class SQLiteEngine:
         for loop, items in by_loop.items():
             # RuntimeError: that loop is closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, items)
+                loop.call_soon_threadsafe(resolve, items)
 
     def release(self) -> None:
         """Drop one reference; the last one stops the writer and closes the file."""
