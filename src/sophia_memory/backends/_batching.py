@@ -1,15 +1,53 @@
-"""What the SQLite and Snowflake engines' writer threads share: the loop that takes queued
+"""What the SQLite and Snowflake engines share: one engine per database within the process,
+reference counted (:class:`SharedEngine`); the writer thread's loop that takes queued
 operations in batches (block for the first, then take whatever else is already queued, up to a
-bound: one commit), and handing the results back to the waiting futures."""
+bound: one commit); and handing the results back to the waiting futures."""
 
 from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import Iterator
-from typing import Any
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, ClassVar, Self
 
-__all__ = ["batches", "resolve"]
+__all__ = ["SharedEngine", "batches", "resolve"]
+
+
+class SharedEngine:
+    """An engine shared by every backend of one identity (a file, an account and schema) in
+    the process. Subclasses declare their own ``_registry`` and ``_registry_lock``, and set
+    ``_refs = 0`` and ``_closed = False`` in ``__init__``."""
+
+    _registry: ClassVar[dict[Hashable, Any]]
+    _registry_lock: ClassVar[threading.Lock]
+    _identity: Hashable = None
+    _refs: int
+    _closed: bool
+
+    @classmethod
+    def _shared(cls, identity: Hashable, make: Callable[[], Self]) -> Self:
+        """The open engine for ``identity`` (made by ``make`` if there is none), with one more
+        reference."""
+        with cls._registry_lock:
+            engine = cls._registry.get(identity)
+            if engine is None or engine._closed:
+                engine = make()
+                engine._identity = identity
+                cls._registry[identity] = engine
+            engine._refs += 1
+            return engine
+
+    def _unshare(self) -> bool:
+        """Drop one reference; True when it was the last: the caller then shuts down."""
+        with self._registry_lock:
+            self._refs -= 1
+            if self._refs > 0 or self._closed:
+                return False
+            self._closed = True
+            if self._registry.get(self._identity) is self:
+                del self._registry[self._identity]
+            return True
 
 
 def batches(q: queue.SimpleQueue[Any], stop: object, limit: int) -> Iterator[list[Any]]:

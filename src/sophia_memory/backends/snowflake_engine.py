@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
 from ..errors import BackendError, MissingDependencyError
-from ._batching import batches, resolve
+from ._batching import SharedEngine, batches, resolve
 
 __all__ = ["MergeTarget", "SnowflakeEngine", "driver"]
 
@@ -68,7 +68,7 @@ class _Op:
         self.rows = rows
 
 
-class SnowflakeEngine:
+class SnowflakeEngine(SharedEngine):
     """The connections of one Snowflake schema: reader pool, writer thread, counters."""
 
     _registry: ClassVar[dict[Hashable, SnowflakeEngine]] = {}
@@ -78,14 +78,7 @@ class SnowflakeEngine:
     def acquire(cls, identity: Hashable, connect: Callable[[], Any], readers: int,
                 statement_timeout: int | None) -> SnowflakeEngine:
         """The engine for ``identity`` (shared within the process; reference counted)."""
-        with cls._registry_lock:
-            engine = cls._registry.get(identity)
-            if engine is None or engine._closed:
-                engine = cls(connect, readers, statement_timeout)
-                engine._identity = identity
-                cls._registry[identity] = engine
-            engine._refs += 1
-            return engine
+        return cls._shared(identity, lambda: cls(connect, readers, statement_timeout))
 
     def __init__(self, connect: Callable[[], Any], readers: int = 4,
                  statement_timeout: int | None = None) -> None:
@@ -94,7 +87,6 @@ class SnowflakeEngine:
         self._connect = connect
         self.statement_timeout = statement_timeout
         self.readers = max(1, readers)
-        self._identity: Hashable = None
         self._refs = 0
         self._closed = False
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -338,13 +330,8 @@ class SnowflakeEngine:
 
     def release(self) -> None:
         """Drop one reference; the last one stops the threads and closes the connections."""
-        with self._registry_lock:
-            self._refs -= 1
-            if self._refs > 0 or self._closed:
-                return
-            self._closed = True
-            if self._registry.get(self._identity) is self:
-                del self._registry[self._identity]
+        if not self._unshare():
+            return
         self._queue.put(_STOP)
         self._writer.join(timeout=60)
         self._pool.shutdown(wait=True)

@@ -25,14 +25,14 @@ import queue
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import BackendError, ConfigError
 from ..tiers import Record
-from ._batching import batches, resolve
+from ._batching import SharedEngine, batches, resolve
 from .base import Backend
 
 __all__ = ["SQLiteBackend", "SQLiteEngine", "default_path"]
@@ -78,23 +78,17 @@ class _Op:
 _STOP = object()
 
 
-class SQLiteEngine:
+class SQLiteEngine(SharedEngine):
     """One database file: a read connection, a writer thread with group commit."""
 
-    _registry: ClassVar[dict[str, SQLiteEngine]] = {}
+    _registry: ClassVar[dict[Hashable, SQLiteEngine]] = {}
     _registry_lock = threading.Lock()
 
     @classmethod
     def acquire(cls, path: str | Path, synchronous: str = "normal") -> SQLiteEngine:
         """The engine for ``path`` (shared within the process; reference counted)."""
         resolved = str(Path(path).expanduser().resolve())
-        with cls._registry_lock:
-            engine = cls._registry.get(resolved)
-            if engine is None or engine._closed:
-                engine = cls(resolved, synchronous)
-                cls._registry[resolved] = engine
-            engine._refs += 1
-            return engine
+        return cls._shared(resolved, lambda: cls(resolved, synchronous))
 
     def __init__(self, path: str, synchronous: str = "normal") -> None:
         if synchronous.lower() not in ("normal", "full"):
@@ -219,13 +213,8 @@ class SQLiteEngine:
 
     def release(self) -> None:
         """Drop one reference; the last one stops the writer and closes the file."""
-        with self._registry_lock:
-            self._refs -= 1
-            if self._refs > 0 or self._closed:
-                return
-            self._closed = True
-            if self._registry.get(self.path) is self:
-                del self._registry[self.path]
+        if not self._unshare():
+            return
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
         self.reader.close()
