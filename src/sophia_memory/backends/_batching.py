@@ -1,17 +1,21 @@
 """What the SQLite and Snowflake engines share: one engine per database within the process,
 reference counted (:class:`SharedEngine`); the writer thread's loop that takes queued
 operations in batches (block for the first, then take whatever else is already queued, up to a
-bound: one commit); and handing the results back to the waiting futures."""
+bound: one commit); and handing the results back to the waiting futures, on their own loops."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, ClassVar, Self
 
-__all__ = ["SharedEngine", "batches", "resolve"]
+__all__ = ["Result", "SharedEngine", "batches", "deliver"]
+
+#: What an operation came to: its future, and a value or an exception.
+Result = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
 class SharedEngine:
@@ -70,11 +74,27 @@ def batches(q: queue.SimpleQueue[Any], stop: object, limit: int) -> Iterator[lis
         yield batch
 
 
-def resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    """Set each future's result or exception (on its loop's thread); one whose caller gave up
-    (timeout, cancellation) is left alone."""
+def deliver(batch: Sequence[Any], results: list[Result]) -> None:
+    """Hand each operation's result to its future, on the loop that awaits it (``op.loop``):
+    one callback per loop for the whole batch."""
+    if not batch:
+        return
+    first = batch[0].loop
+    by_loop: dict[asyncio.AbstractEventLoop, list[Result]] = {}
+    if all(op.loop is first for op in batch):
+        by_loop[first] = results
+    else:
+        for op, item in zip(batch, results, strict=True):
+            by_loop.setdefault(op.loop, []).append(item)
+    for loop, items in by_loop.items():
+        # RuntimeError: that loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, items)
+
+
+def _resolve(results: list[Result]) -> None:
     for fut, value, exc in results:
-        if fut.done():
+        if fut.done():  # the caller gave up (timeout, cancellation)
             continue
         if exc is None:
             fut.set_result(value)

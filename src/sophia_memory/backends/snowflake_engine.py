@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
 from ..errors import BackendError, MissingDependencyError
-from ._batching import SharedEngine, batches, resolve
+from ._batching import Result, SharedEngine, batches, deliver
 
 __all__ = ["MergeTarget", "SnowflakeEngine", "driver"]
 
@@ -255,11 +255,11 @@ class SnowflakeEngine(SharedEngine):
                 break
             if isinstance(item, _Op):
                 left.append(item)
-        self._deliver(left, [(op.future, None, BackendError("the Snowflake engine is closed"))
+        deliver(left, [(op.future, None, BackendError("the Snowflake engine is closed"))
                              for op in left])
 
     def _run_batch(self, conn: Any, batch: list[_Op]) -> Any:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[Result] = []
         try:
             if conn is None or conn.is_closed():
                 conn = self._open()
@@ -283,11 +283,11 @@ class SnowflakeEngine(SharedEngine):
                 i = j
             with contextlib.suppress(Exception):
                 cur.close()
-        self._deliver(batch, results)
+        deliver(batch, results)
         return conn
 
     def _run_ops(self, cur: Any, ops: list[_Op],
-                 ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+                 ) -> list[Result]:
         """Run one call, or fold a run of upserts for one table into one MERGE."""
         first = ops[0]
         try:
@@ -306,17 +306,6 @@ class SnowflakeEngine(SharedEngine):
             if len(ops) == 1:
                 return [(first.future, None, exc)]
         return [r for op in ops for r in self._run_ops(cur, [op])]
-
-    @staticmethod
-    def _deliver(batch: list[_Op],
-                 results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for op, item in zip(batch, results, strict=True):
-            by_loop.setdefault(op.loop, []).append(item)
-        for loop, items in by_loop.items():
-            # RuntimeError: that loop is closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(resolve, items)
 
     # -- life cycle -------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ operations retried one by one, so one bad operation cannot fail its neighbours.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import queue
@@ -32,7 +31,7 @@ from typing import Any, ClassVar
 
 from ..errors import BackendError, ConfigError
 from ..tiers import Record
-from ._batching import SharedEngine, batches, resolve
+from ._batching import Result, SharedEngine, batches, deliver
 from .base import Backend
 
 __all__ = ["SQLiteBackend", "SQLiteEngine", "default_path"]
@@ -175,7 +174,7 @@ class SQLiteEngine(SharedEngine):
         return values
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[Result] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             values = self._execute_batch(conn, batch)
@@ -199,17 +198,7 @@ class SQLiteEngine(SharedEngine):
                     err.__cause__ = exc
                     results.append((op.future, None, err))
         self.ops += len(batch)
-        first = batch[0].loop
-        if all(op.loop is first for op in batch):
-            by_loop = {first: results}
-        else:
-            by_loop = {}
-            for op, item in zip(batch, results, strict=True):
-                by_loop.setdefault(op.loop, []).append(item)
-        for loop, items in by_loop.items():
-            # RuntimeError: that loop is closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(resolve, items)
+        deliver(batch, results)
 
     def release(self) -> None:
         """Drop one reference; the last one stops the writer and closes the file."""
