@@ -51,7 +51,8 @@ class RealRedisMachine(TieredMemoryMachine):
         assert isinstance(backend, RedisBackend)
 
         async def drop() -> None:
-            names = [n async for n in backend.client.scan_iter(match=self.prefix + "*")]
+            names = [n async for n in backend.client.scan_iter(match=self.prefix + "*",
+                                                                   count=1000)]
             if names:
                 await backend.client.delete(*names)
 

@@ -28,6 +28,7 @@ from typing import Any
 from ._support import CircuitBreaker, Deadlines, TierStats
 from .backends import (
     Backend,
+    BarePayloads,
     Evicting,
     Invalidating,
     ObjectStore,
@@ -77,9 +78,9 @@ def close_now(backend: Backend) -> None:
 class Slot:
     """One enabled tier: its backend, abilities, breaker and counters."""
 
-    __slots__ = ("backend", "breaker", "discard", "draining", "fits", "index", "obj", "peek",
-                 "pop_nowait", "promotable", "put_nowait", "searchable", "stale", "stats", "tier",
-                 "timeout", "versioned")
+    __slots__ = ("backend", "bare", "breaker", "discard", "draining", "fits", "index", "obj",
+                 "peek", "pop_nowait", "promotable", "put_nowait", "searchable", "stale", "stats",
+                 "tier", "timeout", "versioned")
 
     def __init__(self, tier: Tier, backend: Backend, index: int, breaker: CircuitBreaker,
                  timeout: float | None) -> None:
@@ -90,6 +91,7 @@ class Slot:
         self.versioned = isinstance(backend, Versioned)
         # Abilities are checked once here: isinstance against a Protocol is slow.
         self.searchable = isinstance(backend, Searchable)
+        self.bare = not self.obj and isinstance(backend, BarePayloads)
         b: Any = backend
         self.peek = b.peek if self.obj else None
         self.put_nowait = b.put_nowait if self.obj else None
@@ -361,6 +363,7 @@ class Core:
         found: dict[str, Any] = {}
         remaining = list(dict.fromkeys(keys))
         fast_done = False
+        last = self.slots[-1] if self.slots else None
         for slot in self.slots:
             if not remaining:
                 break
@@ -369,30 +372,38 @@ class Core:
                 remaining = self._from_spill_buffer(remaining, found, now)
             t0 = time.perf_counter()
             promote = slot.promotable
+            # Bare payloads where nothing but the values is needed: no records to build.
+            bare = slot.bare and not promote
             if slot.obj:
                 hits = {k: r for k in remaining if (r := slot.peek(k)) is not None}  # type: ignore[misc]
             else:
                 wanted = [k for k in remaining if k not in slot.stale] if slot.stale \
                     else remaining
                 try:
-                    hits = await self.call(slot, "get_many", wanted, now) if wanted else {}
+                    hits = await self.call(slot, "get_payloads" if bare else "get_many",
+                                           wanted, now) if wanted else {}
                 except TierUnavailableError:
                     continue
             slot.stats.latencies.append(time.perf_counter() - t0)
             decode = None if slot.obj else self.codec.decode
-            live = 0
-            for k, rec in hits.items():  # the per-key loop of every batch read: kept tight
-                exp = rec.expires_at
-                if exp is not None and exp <= now:
-                    continue
-                value = rec.payload if decode is None else decode(rec.payload)
-                found[k] = value
-                live += 1
-                if promote and not gens[k] & 1:
-                    self.schedule_promotion(k, value, rec, slot, gens[k])
+            if bare:
+                for k, payload in hits.items():
+                    found[k] = decode(payload)  # type: ignore[misc]
+                live = len(hits)
+            else:
+                live = 0
+                for k, rec in hits.items():  # the per-key loop of every batch read: kept tight
+                    exp = rec.expires_at
+                    if exp is not None and exp <= now:
+                        continue
+                    value = rec.payload if decode is None else decode(rec.payload)
+                    found[k] = value
+                    live += 1
+                    if promote and not gens[k] & 1:
+                        self.schedule_promotion(k, value, rec, slot, gens[k])
             slot.stats.hits += live
             slot.stats.misses += len(remaining) - live
-            if live:
+            if live and (slot is not last or not fast_done):  # else no one reads it
                 remaining = [k for k in remaining if k not in found]
         if not fast_done:
             self._from_spill_buffer(remaining, found, now)

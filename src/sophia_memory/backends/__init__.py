@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import ConfigError
 from .base import (
     Backend,
+    BarePayloads,
     Evicting,
     Invalidating,
     ObjectStore,
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     from ..config import MemoryConfig
     from ..tiers import Tier
 
-__all__ = ["Backend", "BackendURL", "Evicting", "Invalidating", "ObjectStore", "Purging",
-           "Remote", "Searchable", "Versioned", "open_backend", "parse_url", "register"]
+__all__ = ["Backend", "BackendURL", "BarePayloads", "Evicting", "Invalidating", "ObjectStore",
+           "Purging", "Remote", "Searchable", "Versioned", "open_backend", "parse_url",
+           "register"]
 
 
 @dataclass

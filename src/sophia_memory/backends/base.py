@@ -17,6 +17,8 @@ Optional abilities are separate protocols, checked with ``isinstance``, never bo
 * :class:`Remote` - calls cross a network or process: the front adds timeouts and a breaker.
 * :class:`Invalidating` - a store shared between processes that reports keys changed by
   others, so the front can drop its in-process copies of them.
+* :class:`BarePayloads` - can read many live payloads without building records; the front
+  uses it where it needs nothing but the values (a tier with nothing above to promote into).
 
 Expiry: backends store ``Record.expires_at`` and return records as stored; ``now`` (on the
 memory's clock) is passed where a backend may use it to skip or remove expired records. The
@@ -36,8 +38,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from ..policies import EvictionListener
 from ..tiers import Record
 
-__all__ = ["Backend", "Evicting", "ObjectStore", "Purging", "Remote", "Searchable",
-           "Versioned"]
+__all__ = ["Backend", "BarePayloads", "Evicting", "Invalidating", "ObjectStore", "Purging",
+           "Remote", "Searchable", "Versioned"]
 
 
 class Backend(ABC):
@@ -144,6 +146,16 @@ class Invalidating(Protocol):
     assume every key changed (the notification channel was lost or regained)."""
 
     def set_invalidation_listener(self, listener: InvalidationListener) -> None: ...
+
+
+@runtime_checkable
+class BarePayloads(Protocol):
+    """Reads payloads in bulk without their metadata."""
+
+    async def get_payloads(self, keys: list[str], now: float) -> dict[str, Any]:
+        """``{key: payload}`` for the live items among ``keys`` (distinct), as one batch;
+        the same payloads ``get_many`` would return in its records."""
+        ...
 
 
 @runtime_checkable

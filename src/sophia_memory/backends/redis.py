@@ -185,20 +185,94 @@ class _Tracker:
                 await self.task
 
 
+class _Wire:
+    """Commands packed by hiredis (C) and sent on the client's own pooled connections.
+
+    The same pool, connections, parser, health checks and error types as the client's calls,
+    without redis-py's per-command bookkeeping (observability hooks, retry wrapper, response
+    callbacks, pipeline stacks). A pipeline is what redis-py's is: every command packed into
+    one write, then every reply read. A connection that fails or is cancelled mid-call is
+    disconnected before it goes back to the pool, so no reply is ever read by the wrong call.
+    The pool checks each connection it hands out (one whose server went away is re-opened).
+    """
+
+    __slots__ = ("pack", "pool")
+
+    def __init__(self, pool: Any, pack: Callable[[tuple[Any, ...]], bytes]) -> None:
+        self.pool = pool
+        self.pack = pack
+
+    async def one(self, *args: Any) -> Any:
+        """One command's reply (bytes, not decoded)."""
+        pool = self.pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(self.pack(args))
+            return await conn.read_response(disable_decoding=True)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of ``commands``, sent in one write (not a transaction)."""
+        pool, pack = self.pool, self.pack
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join([pack(c) for c in commands]))
+            read = conn.read_response
+            return [await read(disable_decoding=True) for _ in commands]
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+
+
+def _wire_for(client: Any) -> _Wire | None:
+    """A :class:`_Wire` over ``client``'s pool when that is a plain redis-py pool with hiredis
+    installed and the default key encoding; None (use the client's methods) otherwise, e.g.
+    for fakeredis or a client pinned to one connection."""
+    try:
+        import hiredis
+        from redis.asyncio import Redis
+        from redis.asyncio.connection import ConnectionPool
+    except ImportError:
+        return None
+    pool = getattr(client, "connection_pool", None)
+    if (not isinstance(client, Redis) or not isinstance(pool, ConnectionPool)
+            or getattr(client, "single_connection_client", False)
+            or not pool.connection_class.__module__.startswith("redis.")):
+        return None
+    kwargs = pool.connection_kwargs
+    if (kwargs.get("encoding", "utf-8").lower().replace("_", "-") not in ("utf-8", "utf8")
+            or kwargs.get("encoding_errors", "strict") != "strict"):
+        return None
+    return _Wire(pool, hiredis.pack_command)
+
+
 class RedisBackend(Backend):
     """One Redis (a server, a Sentinel-managed primary, or a Cluster) as a tier's store.
 
     ``client`` is a ``redis.asyncio`` client (or a compatible one, e.g. fakeredis);
     ``tracking`` builds a RESP2 client to the same server for the tracking link (None: no
-    invalidation of other processes' copies).
+    invalidation of other processes' copies). ``wire`` (default: when possible) sends the
+    data commands through :class:`_Wire` instead of the client's methods; not on Cluster,
+    whose client routes each key to its node.
     """
 
     scheme = "redis"
 
     def __init__(self, client: Any, prefix: str = "sm:", call_timeout: float = 2.0,
                  description: str = "redis", *, cluster: bool = False,
-                 tracking: Callable[[], Any] | None = None, sentinel: Any = None) -> None:
+                 tracking: Callable[[], Any] | None = None, sentinel: Any = None,
+                 wire: bool | None = None) -> None:
         self.client = client
+        self._wire = None if cluster or wire is False else _wire_for(client)
+        if wire and self._wire is None:
+            raise ConfigError("wire=True needs a redis-py client on a plain connection pool, "
+                              "with hiredis installed and the default key encoding")
         self.prefix = prefix
         self.call_timeout = call_timeout
         self._description = description
@@ -226,9 +300,12 @@ class RedisBackend(Backend):
             import redis.asyncio as aioredis
         except ImportError as exc:
             raise MissingDependencyError("redis", "redis", "the Redis backend") from exc
-        # Connecting is bounded here; each call is bounded by the front (one asyncio timeout
-        # per call: a socket_timeout would cost one per reply, a hundred per pipeline).
-        timeouts: dict[str, Any] = {"socket_connect_timeout": call_timeout}
+        # Connecting is bounded here; each call is bounded by the front (one deadline per
+        # call). redis-py's own socket_timeout (5 s by default since redis-py 6) is switched
+        # off: it costs a timer per reply and a task per write. A URL's ?socket_timeout=
+        # still wins.
+        timeouts: dict[str, Any] = {"socket_connect_timeout": call_timeout,
+                                    "socket_timeout": None}
         scheme, _, rest = url.partition("://")
         creds, _, hostpart = rest.rpartition("@")
         hosts, _, path = hostpart.partition("/")
@@ -318,38 +395,89 @@ class RedisBackend(Backend):
         return max(1, int((rec.expires_at - rec.created_at) * 1000)) + _EXPIRY_GRACE_MS
 
     async def get(self, key: str, now: float) -> Record | None:
-        raw = await self._run(self.client.get(self._k(key)))
+        wire = self._wire
+        if wire is not None:
+            raw = await self._run(wire.one("GET", self.prefix + key))
+        else:
+            raw = await self._run(self.client.get(self.prefix + key))
         return None if raw is None else _unpack(raw)
+
+    async def _fetch(self, keys: list[str]) -> list[bytes | None]:
+        """The stored strings of ``keys``, in order: one ``MGET`` (per slot on Cluster)."""
+        p = self.prefix
+        wire = self._wire
+        if wire is not None:
+            return await self._run(wire.one("MGET", *[p + k for k in keys]))  # type: ignore[no-any-return]
+        return await self._run(self._mget([p + k for k in keys]))  # type: ignore[no-any-return]
 
     async def get_many(self, keys: Iterable[str], now: float) -> dict[str, Record]:
         keys = list(dict.fromkeys(keys))
         if not keys:
             return {}
-        p = self.prefix
-        raws = await self._run(self._mget([p + k for k in keys]))
         found: dict[str, Record] = {}
         size, unpack = _HEAD.size, _HEAD.unpack_from
-        for k, raw in zip(keys, raws, strict=True):  # _unpack, inlined for the common case
+        for k, raw in zip(keys, await self._fetch(keys), strict=True):
             if raw is None:
                 continue
-            if raw[:4] == _MAGIC and len(raw) >= size:
-                _, expires, created, nbytes, version, home, xlen = unpack(raw)
-                if not xlen:
+            if len(raw) >= size:  # _unpack, inlined for the common case
+                magic, expires, created, nbytes, version, home, xlen = unpack(raw)
+                if magic == _MAGIC and not xlen:
                     found[k] = Record(raw[size:], None if math.isnan(expires) else expires,
                                       home == 1, nbytes, version, created, {})
                     continue
             found[k] = _unpack(raw)
         return found
 
+    async def get_payloads(self, keys: list[str], now: float) -> dict[str, Any]:
+        """The live payloads among ``keys`` (distinct): ``get_many`` without the records."""
+        if not keys:
+            return {}
+        found: dict[str, Any] = {}
+        size, unpack = _HEAD.size, _HEAD.unpack_from
+        for k, raw in zip(keys, await self._fetch(keys), strict=True):
+            if raw is None:
+                continue
+            if len(raw) >= size:
+                magic, expires, _, _, _, _, xlen = unpack(raw)
+                if magic == _MAGIC and not xlen:
+                    if not expires <= now:  # NaN (no expiry) compares False: live
+                        found[k] = raw[size:]
+                    continue
+            rec = _unpack(raw)
+            if not rec.expired(now):
+                found[k] = rec.payload
+        return found
+
     async def exists(self, key: str, now: float) -> bool:
         rec = await self.get(key, now)
         return rec is not None and not rec.expired(now)
 
+    def _set(self, key: str, rec: Record) -> tuple[Any, ...]:
+        px = self._px(rec)
+        if px is None:
+            return ("SET", self.prefix + key, _pack(rec))
+        return ("SET", self.prefix + key, _pack(rec), "PX", px)
+
     async def put(self, key: str, record: Record) -> None:
-        await self._run(self.client.set(self._k(key), _pack(record), px=self._px(record)))
+        wire = self._wire
+        if wire is not None:
+            await self._run(wire.one(*self._set(key, record)))
+        else:
+            await self._run(self.client.set(self._k(key), _pack(record), px=self._px(record)))
 
     async def put_many(self, records: Mapping[str, Record]) -> None:
         if not records:
+            return
+        wire = self._wire
+        if wire is not None:
+            if all(r.expires_at is None for r in records.values()):
+                p = self.prefix
+                args: list[Any] = ["MSET"]
+                for k, r in records.items():
+                    args += (p + k, _pack(r))
+                await self._run(wire.one(*args))  # one command
+            else:
+                await self._run(wire.pipeline([self._set(k, r) for k, r in records.items()]))
             return
         plain = {self._k(k): _pack(r) for k, r in records.items() if r.expires_at is None}
         if len(plain) == len(records) and not self._cluster:
@@ -364,17 +492,26 @@ class RedisBackend(Backend):
         await self._run(pipe.execute())
 
     async def delete(self, key: str, now: float) -> bool:
-        raw = await self._run(self.client.getdel(self._k(key)))
+        wire = self._wire
+        if wire is not None:
+            raw = await self._run(wire.one("GETDEL", self.prefix + key))
+        else:
+            raw = await self._run(self.client.getdel(self._k(key)))
         return raw is not None and not _unpack(raw).expired(now)
 
     async def delete_many(self, keys: Iterable[str], now: float) -> int:
         keys = list(dict.fromkeys(keys))
         if not keys:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.getdel(self._k(key))
-        raws = await self._run(pipe.execute())
+        wire = self._wire
+        if wire is not None:
+            p = self.prefix
+            raws = await self._run(wire.pipeline([("GETDEL", p + k) for k in keys]))
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.getdel(self._k(key))
+            raws = await self._run(pipe.execute())
         return sum(1 for raw in raws if raw is not None and not _unpack(raw).expired(now))
 
     async def keys(self, prefix: str, now: float) -> list[str]:
