@@ -7,8 +7,13 @@ The raw anchor (``raw``) is the least code a user could write to keep Python val
 with redis.asyncio: ``msgpack`` to encode and decode, ``GET`` / ``SET ... PX`` / ``MGET`` (into
 a ``{key: value}`` dict, as ``get_many`` returns) / a non-transactional pipeline of
 ``SET ... PX`` for ``put_many``. The targets are against it. ``raw_bytes`` (reads only) does not
-even decode: it shows what the network round trip alone costs. Writes carry a TTL (3600 s) in
-every contestant, as session state does. Every client uses redis-py's hiredis parser.
+even decode: it shows what the network round trip alone costs. ``raw_no_timeout`` is ``raw``
+on a client made with ``socket_timeout=None``: redis-py 6+ bounds every socket read and write
+by 5 s by default (a timer per reply, a task per write), and sophia's backend switches that off
+because it bounds each whole call by its own deadline; the row shows how much of the gap that
+choice alone makes. Writes carry a TTL (3600 s) in every contestant, as session state does.
+Every client uses redis-py's hiredis parser; sophia's backend also packs commands with hiredis
+and sends them on redis-py's pooled connections (see its module docstring).
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class _Contestants:
         self.stack.push_async_callback(self.mem.close)
         self.raw = aioredis.Redis.from_url(REDIS_URL)
         self.stack.push_async_callback(self.raw.aclose)
+        self.raw_nt = aioredis.Redis.from_url(REDIS_URL, socket_timeout=None)
+        self.stack.push_async_callback(self.raw_nt.aclose)
         self.raw_prefix = self.prefix("raw")
         self.aio = RedisCache(serializer=JsonSerializer(), namespace=self.prefix("aiocache"),
                               **_aiocache_endpoint())
@@ -83,6 +90,7 @@ class _Contestants:
         for k in KEYS[:10]:  # every contestant must really hit
             assert await self.mem.get(k) == VALUE
             assert msgpack.unpackb(await self.raw.get(self.raw_prefix + k)) == VALUE
+            assert msgpack.unpackb(await self.raw_nt.get(self.raw_prefix + k)) == VALUE
             assert await self.aio.get(k) == VALUE
             assert await self.cashews.get(self.cp + k) == VALUE
         backend = self.mem._core.by_tier[Tier.SESSION].backend
@@ -150,11 +158,13 @@ async def redis_get(settings: Settings) -> AsyncIterator[Suite]:
         seq = KeySequence(KEYS, settings.max_ops)
         raw_seq = KeySequence([c.raw_prefix + k for k in KEYS], settings.max_ops)
         before, after = _redis_hits(c.mem)
-        raw, unpack = c.raw, msgpack.unpackb
+        unpack = msgpack.unpackb
 
-        async def raw_get(k: str) -> Any:
-            data = await raw.get(k)
-            return None if data is None else unpack(data)
+        def raw_get(client: Any) -> Any:
+            async def get(k: str) -> Any:
+                data = await client.get(k)
+                return None if data is None else unpack(data)
+            return get
 
         yield Suite(
             key="redis_get", title="Redis get of a small dict, all hits", unit="one get",
@@ -163,7 +173,9 @@ async def redis_get(settings: Settings) -> AsyncIterator[Suite]:
                 Contestant("sophia", "await mem.get(k)  (SESSION on Redis, nothing above)",
                            _await_each(c.mem.get, seq)),
                 Contestant("raw", "msgpack.unpackb(await redis.asyncio get(k))",
-                           _await_each(raw_get, raw_seq)),
+                           _await_each(raw_get(c.raw), raw_seq)),
+                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
+                           _await_each(raw_get(c.raw_nt), raw_seq)),
                 Contestant("raw_bytes", "await redis.asyncio get(k)  (bytes, not decoded)",
                            _await_each(c.raw.get, raw_seq)),
                 Contestant("aiocache", "await aiocache RedisCache.get(k)",
@@ -193,8 +205,10 @@ async def redis_put(settings: Settings) -> AsyncIterator[Suite]:
         async def sophia(k: str) -> None:
             await mem.put(k, VALUE, tier=Tier.SESSION, ttl=TTL)
 
-        async def raw_set(k: str) -> None:
-            await raw.set(rp + k, pack(VALUE), px=TTL * 1000)
+        def raw_set(client: Any) -> Any:
+            async def put(k: str) -> None:
+                await client.set(rp + k, pack(VALUE), px=TTL * 1000)
+            return put
 
         async def aio_set(k: str) -> None:
             await aio.set(k, VALUE, ttl=TTL)
@@ -209,7 +223,9 @@ async def redis_put(settings: Settings) -> AsyncIterator[Suite]:
                 Contestant("sophia", "await mem.put(k, v, tier=SESSION, ttl=3600)",
                            each(sophia)),
                 Contestant("raw", "await redis.asyncio set(k, msgpack.packb(v), px=3600000)",
-                           each(raw_set)),
+                           each(raw_set(raw))),
+                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
+                           each(raw_set(c.raw_nt))),
                 Contestant("aiocache", "await aiocache RedisCache.set(k, v, ttl=3600)",
                            each(aio_set)),
                 Contestant("cashews", "await cashews set(k, v, expire=3600)",
@@ -233,10 +249,12 @@ async def redis_get_many(settings: Settings) -> AsyncIterator[Suite]:
         cashews, cp, raw, unpack = c.cashews, c.cp, c.raw, msgpack.unpackb
         n = len(c.raw_prefix)
 
-        async def raw_many(keys: list[str]) -> dict[str, Any]:
-            found = await raw.mget(keys)
-            return {k[n:]: unpack(v) for k, v in zip(keys, found, strict=True)
-                    if v is not None}
+        def raw_many(client: Any) -> Any:
+            async def get_many(keys: list[str]) -> dict[str, Any]:
+                found = await client.mget(keys)
+                return {k[n:]: unpack(v) for k, v in zip(keys, found, strict=True)
+                        if v is not None}
+            return get_many
 
         async def cashews_many(keys: list[str]) -> Any:
             return await cashews.get_many(*(cp + k for k in keys))
@@ -248,7 +266,9 @@ async def redis_get_many(settings: Settings) -> AsyncIterator[Suite]:
                 Contestant("sophia", "await mem.get_many(keys)", _await_each(c.mem.get_many,
                                                                              seq)),
                 Contestant("raw", "{k: msgpack.unpackb(v)} from await redis.asyncio "
-                           "mget(keys)", _await_each(raw_many, raw_seq)),
+                           "mget(keys)", _await_each(raw_many(raw), raw_seq)),
+                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
+                           _await_each(raw_many(c.raw_nt), raw_seq)),
                 Contestant("raw_bytes", "await redis.asyncio mget(keys)  (bytes, not decoded)",
                            _await_each(c.raw.mget, raw_seq)),
                 Contestant("aiocache", "await aiocache RedisCache.multi_get(keys)",
@@ -278,11 +298,13 @@ async def redis_put_many(settings: Settings) -> AsyncIterator[Suite]:
         async def sophia(ks: list[str]) -> None:
             await mem.put_many({k: VALUE for k in ks}, tier=Tier.SESSION, ttl=TTL)
 
-        async def raw_pipeline(ks: list[str]) -> None:
-            pipe = raw.pipeline(transaction=False)
-            for k in ks:
-                pipe.set(rp + k, pack(VALUE), px=TTL * 1000)
-            await pipe.execute()
+        def raw_pipeline(client: Any) -> Any:
+            async def put_many(ks: list[str]) -> None:
+                pipe = client.pipeline(transaction=False)
+                for k in ks:
+                    pipe.set(rp + k, pack(VALUE), px=TTL * 1000)
+                await pipe.execute()
+            return put_many
 
         async def aio_many(ks: list[str]) -> None:
             await aio.multi_set([(k, VALUE) for k in ks], ttl=TTL)
@@ -297,7 +319,9 @@ async def redis_put_many(settings: Settings) -> AsyncIterator[Suite]:
                 Contestant("sophia", "await mem.put_many({k: v, ...}, tier=SESSION, "
                            "ttl=3600)", batches(sophia)),
                 Contestant("raw", "redis.asyncio pipeline(transaction=False) of 100 "
-                           "SET k msgpack(v) PX 3600000", batches(raw_pipeline)),
+                           "SET k msgpack(v) PX 3600000", batches(raw_pipeline(raw))),
+                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
+                           batches(raw_pipeline(c.raw_nt))),
                 Contestant("aiocache", "await aiocache RedisCache.multi_set(pairs, ttl=3600)",
                            batches(aio_many)),
                 Contestant("cashews", "await cashews set_many(mapping, expire=3600)",
