@@ -47,6 +47,7 @@ class TestRealRedisBackend(BackendTests):
         client = await _real_redis_or_skip()
         prefix = f"smtest:{uuid.uuid4().hex}:"
         backend = RedisBackend(client, prefix=prefix)
+        assert backend._wire is not None  # the hiredis-packed fast path
         self._cleanup = (client, prefix)
         return backend
 
@@ -58,6 +59,19 @@ class TestRealRedisBackend(BackendTests):
             fresh = redis_asyncio.Redis.from_url(REDIS_URL)
             await _drop_prefix(fresh, prefix)
             await fresh.aclose()
+
+
+@pytest.mark.redis
+class TestRealRedisClientPath(TestRealRedisBackend):
+    """The same suite with the client's methods instead of the hiredis-packed fast path."""
+
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        client = await _real_redis_or_skip()
+        prefix = f"smtest:{uuid.uuid4().hex}:"
+        self._cleanup = (client, prefix)
+        backend = RedisBackend(client, prefix=prefix, wire=False)
+        assert backend._wire is None
+        return backend
 
 
 class TestFakeRedisBackend(BackendTests):
@@ -111,13 +125,17 @@ class _Exploit:
         return (os.system, ("touch /tmp/sophia-memory-pwned",))
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["tiers-above", "session-alone"])
 @pytest.mark.parametrize("server", ["fakeredis", pytest.param("real", marks=pytest.mark.redis)])
 @pytest.mark.parametrize("planted", [
     pickle.dumps(_Exploit()), b"\x03" + b"\x00" * 32 + pickle.dumps(_Exploit()),
     b"garbage\xff\xfe", b"SMr1\xff\xff\xff\xffbroken",
 ])
 async def test_foreign_or_malicious_payloads_are_refused(tmp_path: Path, clock: ManualClock,
-                                                         planted: bytes, server: str) -> None:
+                                                         planted: bytes, server: str,
+                                                         alone: bool) -> None:
+    """Through every read path: records (a tier above could take a promoted copy) and bare
+    payloads (SESSION alone)."""
     _forget(MARKER)
     client = fakeredis.FakeAsyncRedis() if server == "fakeredis" else await _real_redis_or_skip()
     prefix = f"evil:{uuid.uuid4().hex}:"
@@ -126,7 +144,9 @@ async def test_foreign_or_malicious_payloads_are_refused(tmp_path: Path, clock: 
 
     register("fakeredis-test", lambda url, tier, config: backend)
     async with Memory.open(path=str(tmp_path / "f.db"), clock=clock,
-                           tiers={Tier.SESSION: "fakeredis-test://"}) as mem:
+                           tiers={Tier.SESSION: "fakeredis-test://",
+                                  **({t: None for t in Tier if t is not Tier.SESSION}
+                                     if alone else {})}) as mem:
         await client.set(prefix + "evil", planted)
         try:
             with pytest.raises(DecodeError):

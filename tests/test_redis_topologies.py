@@ -60,7 +60,9 @@ class TestClusterBackend(BackendTests):
         self.url = cluster_url
 
     async def make_backend(self, tmp_path: Path) -> Backend:
-        return _open(self.url)
+        backend = _open(self.url)
+        assert backend._wire is None  # type: ignore[attr-defined]  # the client routes keys
+        return backend
 
 
 class TestSentinelBackend(BackendTests):
@@ -69,7 +71,9 @@ class TestSentinelBackend(BackendTests):
         self.url = sentinel_url
 
     async def make_backend(self, tmp_path: Path) -> Backend:
-        return _open(self.url)
+        backend = _open(self.url)
+        assert backend._wire is not None  # type: ignore[attr-defined]  # the primary's pool
+        return backend
 
 
 @pytest.fixture

@@ -12,9 +12,12 @@ is configured.
 
 Keys are stored under a prefix (``?prefix=``, default ``sm:``). ``get_many`` is one ``MGET``
 (one per hash slot on Cluster); ``put_many`` is one ``MSET`` when no item has a TTL, else one
-non-transactional pipeline (``SET ... PX`` per item), as is ``delete_many``. Driver errors
-become :class:`BackendError`; the front bounds each call by ``call_timeout`` and adds a
-circuit breaker (this backend is :class:`Remote`).
+non-transactional pipeline (``SET ... PX`` per item), as is ``delete_many``. Except on
+Cluster, commands are packed by hiredis and sent on the client's own pooled connections
+(:class:`_Wire`), and ``get_payloads`` reads values without building records. Driver errors
+become :class:`BackendError`; the front bounds each call by ``call_timeout`` (redis-py's
+``socket_timeout`` is off unless the URL sets it) and adds a circuit breaker (this backend is
+:class:`Remote`).
 
 Coherence between processes: when the front keeps in-process copies above this tier, it
 registers an invalidation listener, and the backend keeps one extra connection (RESP2) with
