@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sophia_memory import ConfigError, ManualClock, Memory, Tier
+from sophia_memory import (
+    BackendError,
+    ConfigError,
+    ManualClock,
+    Memory,
+    Tier,
+    TierUnavailableError,
+)
 from sophia_memory.backends import register
 from sophia_memory.tiers import Record
 
@@ -26,8 +33,14 @@ from sophia_memory.backends.redis import RedisBackend  # noqa: E402
 from .test_redis import REDIS_URL, _drop_prefix, _real_redis_or_skip  # noqa: E402
 
 NOW = 1_000.0
-ONLY_SESSION = {Tier.GPU: None, Tier.CORTEX: None, Tier.PERSISTENT: None, Tier.VECTOR: None,
-                Tier.WORKFLOW: None}
+ONLY_SESSION: dict[Tier, Any] = {t: None for t in Tier if t is not Tier.SESSION}
+
+
+def backend_envelope_with_broken_extra() -> bytes:
+    """An envelope whose ``extra`` is not msgpack: read whole, as a foreign value."""
+    from sophia_memory.backends.redis import _HEAD, _MAGIC
+
+    return _HEAD.pack(_MAGIC, float("nan"), NOW, 3, 0, 1, 4) + b"\xc1\xc1\xc1\xc1" + b"\x01zz"
 
 
 def _rec(payload: bytes, expires_at: float | None = None, **extra: Any) -> Record:
@@ -48,6 +61,8 @@ async def test_wire_is_taken_for_plain_redis_py_clients_only() -> None:
         assert RedisBackend(fake)._wire is None
         with pytest.raises(ConfigError, match="wire=True"):
             RedisBackend(fake, wire=True)
+        with pytest.raises(ConfigError, match="Cluster"):
+            RedisBackend(plain, cluster=True, wire=True)
     finally:
         for c in clients:
             await c.aclose()
@@ -90,14 +105,20 @@ async def test_bare_payloads_are_the_live_payloads_get_many_returns(
     await backend.put_many({"plain": _rec(b"\x01p"), "ttl": _rec(b"\x01t", NOW + 100),
                             "gone": _rec(b"\x01g", NOW), "meta": _rec(b"\x01m", None, m=1),
                             "meta-gone": _rec(b"\x01x", NOW - 5, m=2)})
+    long_foreign = b"written by someone else, longer than the envelope's header" * 2
     await backend.client.set(backend.prefix + "foreign", b"written by someone else")
-    keys = ["plain", "ttl", "gone", "meta", "meta-gone", "foreign", "missing"]
+    await backend.client.set(backend.prefix + "long-foreign", long_foreign)
+    await backend.client.set(backend.prefix + "bad-extra",  # the magic, then a broken extra
+                             backend_envelope_with_broken_extra())
+    keys = ["plain", "ttl", "gone", "meta", "meta-gone", "foreign", "long-foreign",
+            "bad-extra", "missing"]
     records = await backend.get_many(keys, NOW)
-    assert set(records) == {"plain", "ttl", "gone", "meta", "meta-gone", "foreign"}
+    assert set(records) == set(keys) - {"missing"}
     bare = await backend.get_payloads(keys, NOW)
     assert bare == {k: r.payload for k, r in records.items() if not r.expired(NOW)}
     assert bare == {"plain": b"\x01p", "ttl": b"\x01t", "meta": b"\x01m",
-                    "foreign": b"written by someone else"}
+                    "foreign": b"written by someone else", "long-foreign": long_foreign,
+                    "bad-extra": backend_envelope_with_broken_extra()}
     assert await backend.get_payloads([], NOW) == {}
     assert (await backend.get_payloads(["ttl"], NOW + 100)) == {}  # expired at its expiry
 
@@ -126,6 +147,7 @@ async def test_a_call_cancelled_mid_reply_never_leaves_replies_for_the_next() ->
     client = await _real_redis_or_skip()
     prefix = f"smtest:{uuid.uuid4().hex}:"
     backend = RedisBackend(client, prefix=prefix)
+    assert backend._wire is not None
     pool = client.connection_pool
     try:
         await backend.put_many({f"k{i}": _rec(f"\x01v{i}".encode()) for i in range(50)})
@@ -216,3 +238,111 @@ async def test_the_front_reads_records_where_hits_may_be_promoted(
         assert calls == ["get_many", "get_many"]
         entry = await mem.get_entry("arr")
         assert entry is not None and entry.tier is Tier.GPU  # promoted from the records
+
+
+@pytest.fixture
+async def wired() -> AsyncIterator[tuple[RedisBackend, Any]]:
+    """A real-server backend on the wire path and its client."""
+    client = await _real_redis_or_skip()
+    prefix = f"smtest:{uuid.uuid4().hex}:"
+    backend = RedisBackend(client, prefix=prefix)
+    assert backend._wire is not None
+    try:
+        yield backend, client
+    finally:
+        await _drop_prefix(client, prefix)
+        await backend.close()
+
+
+@pytest.mark.redis
+async def test_an_error_reply_is_raised_after_every_reply_and_keeps_the_connection(
+        wired: tuple[RedisBackend, Any]) -> None:
+    backend, client = wired
+    wire = backend._wire
+    assert wire is not None
+    await backend.put_many({"a": _rec(b"\x01a"), "b": _rec(b"\x01b")})
+    await client.lpush(backend.prefix + "list", b"not a string")
+    conn_id = await wire.one("CLIENT", "ID")
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await backend.delete_many(["a", "list", "b"], NOW)  # GETDEL a, list (fails), b
+    assert await backend.get_many(["a", "b"], NOW) == {}  # the commands around it ran
+    with pytest.raises(BackendError, match="WRONGTYPE"):
+        await backend.get("list", NOW)
+    await backend.put("c", _rec(b"\x01c"))
+    assert (await backend.get("c", NOW)).payload == b"\x01c"  # type: ignore[union-attr]
+    assert await wire.one("CLIENT", "ID") == conn_id  # the same connection throughout
+
+
+@pytest.mark.redis
+async def test_a_dropped_connection_is_retried_once_on_a_fresh_one(
+        wired: tuple[RedisBackend, Any]) -> None:
+    from redis.exceptions import ConnectionError as LinkError
+
+    backend, client = wired
+    await backend.put("k", _rec(b"\x01k"))
+    pool = client.connection_pool
+    real_get = pool.get_connection
+    drops = 0
+
+    async def dropping(*args: Any, **kwargs: Any) -> Any:
+        nonlocal drops
+        conn = await real_get(*args, **kwargs)
+        if drops:
+            drops -= 1
+
+            async def send_fails(*a: Any, **kw: Any) -> None:
+                del conn.send_packed_command
+                await conn.disconnect(nowait=True)
+                raise LinkError("Connection reset by peer")
+
+            conn.send_packed_command = send_fails
+        return conn
+
+    pool.get_connection = dropping
+    try:
+        drops = 1
+        assert (await backend.get("k", NOW)).payload == b"\x01k"  # type: ignore[union-attr]
+        assert drops == 0
+        drops = 1
+        await backend.put_many({"m": _rec(b"\x01m", NOW + 60), "n": _rec(b"\x01n")})
+        assert set(await backend.get_payloads(["k", "m", "n"], NOW)) == {"k", "m", "n"}
+        drops = 2  # twice in a row: the failure is the caller's
+        with pytest.raises(BackendError, match="reset by peer"):
+            await backend.get("k", NOW)
+    finally:
+        pool.get_connection = real_get
+    assert (await backend.get("k", NOW)).payload == b"\x01k"  # type: ignore[union-attr]
+
+
+@pytest.mark.redis
+async def test_the_deadline_cuts_a_stalled_call_and_the_next_call_reads_its_own_reply(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """The production set-up (from a URL: no redis-py socket timeout): a server that stops
+    answering is cut off by the front's deadline; afterwards every call gets its own reply."""
+    client = await _real_redis_or_skip()
+    prefix = f"smtest:{uuid.uuid4().hex}:"
+    sep = "&" if "?" in REDIS_URL else "?"
+    url = f"{REDIS_URL}{sep}prefix={prefix}&timeout=0.1"
+    try:
+        async with Memory.open(path=str(tmp_path / "d.db"), clock=clock,
+                               tiers={Tier.SESSION: url, **ONLY_SESSION}) as mem:
+            backend = mem._core.by_tier[Tier.SESSION].backend
+            assert isinstance(backend, RedisBackend) and backend._wire is not None
+            assert backend.client.connection_pool.connection_kwargs["socket_timeout"] is None
+            await mem.put("k1", "v1", tier=Tier.SESSION)
+            await mem.put_many({"a": 1, "b": 2}, tier=Tier.SESSION, ttl=60)
+            await client.execute_command("CLIENT", "PAUSE", 400, "ALL")
+            assert await mem.get("k1") is None  # cut off: a failing tier reads as a miss
+            assert await mem.get_many(["a", "b"]) == {}
+            with pytest.raises(TierUnavailableError, match="timed out"):
+                await mem.put("k2", "v2", tier=Tier.SESSION)
+            await client.ping()  # answered once the pause is over
+            assert await mem.get("k1") == "v1"
+            assert await mem.get_many(["a", "b", "k1"]) == {"a": 1, "b": 2, "k1": "v1"}
+            await mem.put("k3", "v3", tier=Tier.SESSION)
+            assert await mem.get("k3") == "v3"
+            assert await mem.get("k2") in (None, "v2")  # a cut-off put may still land
+            assert mem.stats()["tiers"]["SESSION"]["errors"] == 3
+    finally:
+        await _drop_prefix(client, prefix)
+        await client.aclose()

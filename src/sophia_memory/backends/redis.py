@@ -194,43 +194,81 @@ class _Wire:
     The same pool, connections, parser, health checks and error types as the client's calls,
     without redis-py's per-command bookkeeping (observability hooks, retry wrapper, response
     callbacks, pipeline stacks). A pipeline is what redis-py's is: every command packed into
-    one write, then every reply read. A connection that fails or is cancelled mid-call is
-    disconnected before it goes back to the pool, so no reply is ever read by the wrong call.
-    The pool checks each connection it hands out (one whose server went away is re-opened).
+    one write, then every reply read; an error reply is raised once all replies are read.
+
+    A connection that fails or is cancelled mid-call is disconnected before it goes back to
+    the pool, so no reply is ever read by the wrong call; an error reply (read whole) keeps
+    its connection. A connection-level failure is retried once on a fresh connection, as
+    redis-py's client retries it: a connection the server dropped while idle, or a Sentinel
+    primary that was demoted (the retry asks the Sentinels again). The front's deadline
+    bounds both attempts together.
     """
 
-    __slots__ = ("pack", "pool")
+    __slots__ = ("pack", "pool", "refused", "releasing", "retryable")
 
-    def __init__(self, pool: Any, pack: Callable[[tuple[Any, ...]], bytes]) -> None:
+    def __init__(self, pool: Any, pack: Callable[[tuple[Any, ...]], bytes],
+                 retryable: type[BaseException], refused: type[BaseException]) -> None:
         self.pool = pool
         self.pack = pack
+        self.retryable = retryable
+        self.refused = refused
+        self.releasing: set[asyncio.Task[None]] = set()
 
     async def one(self, *args: Any) -> Any:
         """One command's reply (bytes, not decoded)."""
-        pool = self.pool
-        conn = await pool.get_connection()
+        packed = self.pack(args)
         try:
-            await conn.send_packed_command(self.pack(args))
-            return await conn.read_response(disable_decoding=True)
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
+            return await self._send(packed, 0)
+        except self.retryable:
+            return await self._send(packed, 0)
 
     async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``commands``, sent in one write (not a transaction)."""
-        pool, pack = self.pool, self.pack
+        pack = self.pack
+        packed = b"".join([pack(c) for c in commands])
+        try:
+            return await self._send(packed, len(commands))  # type: ignore[no-any-return]
+        except self.retryable:
+            return await self._send(packed, len(commands))  # type: ignore[no-any-return]
+
+    async def _send(self, packed: bytes, replies: int) -> Any:
+        """Send ``packed`` and read one reply (``replies`` 0) or a list of ``replies``."""
+        pool = self.pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(b"".join([pack(c) for c in commands]))
+            await conn.send_packed_command(packed)
             read = conn.read_response
-            return [await read(disable_decoding=True) for _ in commands]
+            if not replies:
+                return await read(disable_decoding=True)
+            out: list[Any] = []
+            error: BaseException | None = None
+            for _ in range(replies):
+                try:
+                    out.append(await read(disable_decoding=True))
+                except self.refused as exc:  # an error reply: read whole, read on
+                    out.append(exc)
+                    error = error or exc
+            if error is not None:
+                raise error
+            return out
+        except self.refused:
+            raise  # every reply was read: the connection is in step
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
         finally:
-            await pool.release(conn)
+            try:
+                await pool.release(conn)
+            except asyncio.CancelledError:  # cut off waiting for the pool: give it back later
+                task = asyncio.get_running_loop().create_task(self._release_later(conn))
+                self.releasing.add(task)
+                task.add_done_callback(self.releasing.discard)
+                raise
+
+    async def _release_later(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            await conn.disconnect(nowait=True)
+            await self.pool.release(conn)
 
 
 def _wire_for(client: Any) -> _Wire | None:
@@ -241,6 +279,8 @@ def _wire_for(client: Any) -> _Wire | None:
         import hiredis
         from redis.asyncio import Redis
         from redis.asyncio.connection import ConnectionPool
+        from redis.exceptions import ConnectionError as LinkError
+        from redis.exceptions import ResponseError
     except ImportError:
         return None
     pool = getattr(client, "connection_pool", None)
@@ -252,7 +292,7 @@ def _wire_for(client: Any) -> _Wire | None:
     if (kwargs.get("encoding", "utf-8").lower().replace("_", "-") not in ("utf-8", "utf8")
             or kwargs.get("encoding_errors", "strict") != "strict"):
         return None
-    return _Wire(pool, hiredis.pack_command)
+    return _Wire(pool, hiredis.pack_command, LinkError, ResponseError)
 
 
 class RedisBackend(Backend):
@@ -273,6 +313,9 @@ class RedisBackend(Backend):
                  wire: bool | None = None) -> None:
         self.client = client
         self._wire = None if cluster or wire is False else _wire_for(client)
+        if wire and cluster:
+            raise ConfigError("wire=True is not available on Redis Cluster: its client "
+                              "routes each key to its node")
         if wire and self._wire is None:
             raise ConfigError("wire=True needs a redis-py client on a plain connection pool, "
                               "with hiredis installed and the default key encoding")
@@ -330,8 +373,12 @@ class RedisBackend(Backend):
                                   "redis+sentinel://host:26379/<service>[/<db>]")
             service, db = parts[0], int(parts[1]) if len(parts) == 2 else 0
             user, password = _credentials(creds)
+            # The Sentinels are asked with bounded reads (a partitioned one must not hold up
+            # finding the primary: the next one is asked on a timeout); the primary's
+            # connections get the timeouts above. As before, no credentials go to Sentinels.
             sentinel = Sentinel(_host_ports(hosts, url, 26379),  # type: ignore[no-untyped-call]
-                                **timeouts)
+                                sentinel_kwargs={"socket_connect_timeout": call_timeout,
+                                                 "socket_timeout": call_timeout}, **timeouts)
             opts: dict[str, Any] = {"db": db, "username": user, "password": password,
                     "ssl": scheme.startswith("rediss"), **timeouts}
             client = sentinel.master_for(service, **opts)
