@@ -54,26 +54,30 @@ def _open(url: str) -> Backend:
     return open_backend(f"{url}?prefix={prefix}", Tier.SESSION, MemoryConfig())
 
 
-class TestClusterBackend(BackendTests):
+class _TopologyBackendTests(BackendTests):
+    """The conformance suite on a topology the tests start (``url_fixture``); ``wired``:
+    whether the backend takes the hiredis-packed fast path there."""
+
+    url_fixture: str
+    wired: bool
+
     @pytest.fixture(autouse=True)
-    def _url(self, cluster_url: str) -> None:
-        self.url = cluster_url
+    def _url(self, request: pytest.FixtureRequest) -> None:
+        self.url = request.getfixturevalue(self.url_fixture)
 
     async def make_backend(self, tmp_path: Path) -> Backend:
         backend = _open(self.url)
-        assert backend._wire is None  # type: ignore[attr-defined]  # the client routes keys
+        assert isinstance(backend, RedisBackend)
+        assert (backend._wire is not None) is self.wired
         return backend
 
 
-class TestSentinelBackend(BackendTests):
-    @pytest.fixture(autouse=True)
-    def _url(self, sentinel_url: str) -> None:
-        self.url = sentinel_url
+class TestClusterBackend(_TopologyBackendTests):
+    url_fixture, wired = "cluster_url", False  # the Cluster client routes each key
 
-    async def make_backend(self, tmp_path: Path) -> Backend:
-        backend = _open(self.url)
-        assert backend._wire is not None  # type: ignore[attr-defined]  # the primary's pool
-        return backend
+
+class TestSentinelBackend(_TopologyBackendTests):
+    url_fixture, wired = "sentinel_url", True  # on the primary's pool
 
 
 @pytest.fixture

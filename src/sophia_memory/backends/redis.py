@@ -462,39 +462,35 @@ class RedisBackend(Backend):
 
     async def get_many(self, keys: Iterable[str], now: float) -> dict[str, Record]:
         keys = list(dict.fromkeys(keys))
-        if not keys:
-            return {}
-        found: dict[str, Record] = {}
-        size, unpack = _HEAD.size, _HEAD.unpack_from
-        for k, raw in zip(keys, await self._fetch(keys), strict=True):
-            if raw is None:
-                continue
-            if len(raw) >= size:  # _unpack, inlined for the common case
-                magic, expires, created, nbytes, version, home, xlen = unpack(raw)
-                if magic == _MAGIC and not xlen:
-                    found[k] = Record(raw[size:], None if math.isnan(expires) else expires,
-                                      home == 1, nbytes, version, created, {})
-                    continue
-            found[k] = _unpack(raw)
-        return found
+        return self._read(keys, await self._fetch(keys), None) if keys else {}
 
     async def get_payloads(self, keys: list[str], now: float) -> dict[str, Any]:
         """The live payloads among ``keys`` (distinct): ``get_many`` without the records."""
-        if not keys:
-            return {}
+        return self._read(keys, await self._fetch(keys), now) if keys else {}
+
+    @staticmethod
+    def _read(keys: list[str], raws: list[bytes | None], now: float | None) -> dict[str, Any]:
+        """``{key: Record}`` of what was found (``now`` None), or ``{key: payload}`` of what is
+        live at ``now``: the per-key loop of every batch read, :func:`_unpack` inlined for
+        the common envelope (no ``extra``)."""
         found: dict[str, Any] = {}
         size, unpack = _HEAD.size, _HEAD.unpack_from
-        for k, raw in zip(keys, await self._fetch(keys), strict=True):
+        for k, raw in zip(keys, raws, strict=True):
             if raw is None:
                 continue
             if len(raw) >= size:
-                magic, expires, _, _, _, _, xlen = unpack(raw)
+                magic, expires, created, nbytes, version, home, xlen = unpack(raw)
                 if magic == _MAGIC and not xlen:
-                    if not expires <= now:  # NaN (no expiry) compares False: live
+                    if now is None:
+                        found[k] = Record(raw[size:], None if math.isnan(expires) else expires,
+                                          home == 1, nbytes, version, created, {})
+                    elif not expires <= now:  # NaN (no expiry) compares False: live
                         found[k] = raw[size:]
                     continue
             rec = _unpack(raw)
-            if not rec.expired(now):
+            if now is None:
+                found[k] = rec
+            elif not rec.expired(now):
                 found[k] = rec.payload
         return found
 
