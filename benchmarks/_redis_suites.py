@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -139,15 +139,45 @@ def _fresh_keys(prefix: str) -> Any:
     return keys
 
 
-def _ratio_targets(bound: float) -> list[Target]:
-    return [Target(f"sophia time <= {bound:.2f}x raw redis.asyncio + msgpack", "time_ratio",
-                   "<=", bound, "raw")]
-
-
 NOTES = ["One Redis server for every contestant (each under its own key prefix); "
          "sophia's Memory has SESSION on Redis and every other tier switched off.",
          "aiocache: RedisCache with JsonSerializer and its default timeout=5 s; cashews: "
          "Cache().setup(url, client_side=False) with its default (pickle) serializer."]
+NO_TIMEOUT = "raw, on a client with socket_timeout=None"
+
+
+def _suite(key: str, title: str, unit: str, bound: float, contestants: list[Contestant], *,
+           hits: tuple[InfoFn, InfoFn] | None = None) -> Suite:
+    """One Redis suite: sophia the reference, its time at most ``bound`` times raw's."""
+    before, after = hits or (None, None)
+    return Suite(key=key, title=title, unit=unit, reference="sophia", contestants=contestants,
+                 targets=[Target(f"sophia time <= {bound:.2f}x raw redis.asyncio + msgpack",
+                                 "time_ratio", "<=", bound, "raw")],
+                 notes=NOTES, before=before, after=after)
+
+
+def _raw_rows(c: _Contestants, what: str, call: Callable[[Any], Any],
+              run: Callable[[Any], RunFn]) -> list[Contestant]:
+    """``raw`` and ``raw_no_timeout``: ``call(client)`` on each raw client, timed by ``run``."""
+    return [Contestant("raw", what, run(call(c.raw))),
+            Contestant("raw_no_timeout", NO_TIMEOUT, run(call(c.raw_nt)))]
+
+
+def _writes(prefix: str, batch: int) -> Callable[[Any], RunFn]:
+    """``run`` over fresh keys: ``put(key)`` per op, or ``put(keys)`` of ``batch`` per op."""
+    keys = _fresh_keys(prefix)
+
+    def feed(put: Any) -> RunFn:
+        async def run(ops: int, pass_no: int) -> None:
+            if batch == 1:
+                for k in keys(ops, pass_no):
+                    await put(k)
+                return
+            ks = keys(ops * batch, pass_no)
+            for i in range(0, len(ks), batch):
+                await put(ks[i : i + batch])
+        return run
+    return feed
 
 
 @asynccontextmanager
@@ -157,7 +187,6 @@ async def redis_get(settings: Settings) -> AsyncIterator[Suite]:
         await c.open("rget")
         seq = KeySequence(KEYS, settings.max_ops)
         raw_seq = KeySequence([c.raw_prefix + k for k in KEYS], settings.max_ops)
-        before, after = _redis_hits(c.mem)
         unpack = msgpack.unpackb
 
         def raw_get(client: Any) -> Any:
@@ -166,25 +195,21 @@ async def redis_get(settings: Settings) -> AsyncIterator[Suite]:
                 return None if data is None else unpack(data)
             return get
 
-        yield Suite(
-            key="redis_get", title="Redis get of a small dict, all hits", unit="one get",
-            reference="sophia",
-            contestants=[
-                Contestant("sophia", "await mem.get(k)  (SESSION on Redis, nothing above)",
-                           _await_each(c.mem.get, seq)),
-                Contestant("raw", "msgpack.unpackb(await redis.asyncio get(k))",
-                           _await_each(raw_get(c.raw), raw_seq)),
-                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
-                           _await_each(raw_get(c.raw_nt), raw_seq)),
-                Contestant("raw_bytes", "await redis.asyncio get(k)  (bytes, not decoded)",
-                           _await_each(c.raw.get, raw_seq)),
-                Contestant("aiocache", "await aiocache RedisCache.get(k)",
-                           _await_each(c.aio.get, seq)),
-                Contestant("cashews", "await cashews get(k)  (redis backend)",
-                           _await_each(c.cashews.get,
-                                       KeySequence([c.cp + k for k in KEYS], settings.max_ops))),
-            ],
-            targets=_ratio_targets(1.10), notes=NOTES, before=before, after=after)
+        def on_raw(call: Any) -> RunFn:
+            return _await_each(call, raw_seq)
+
+        yield _suite("redis_get", "Redis get of a small dict, all hits", "one get", 1.10, [
+            Contestant("sophia", "await mem.get(k)  (SESSION on Redis, nothing above)",
+                       _await_each(c.mem.get, seq)),
+            *_raw_rows(c, "msgpack.unpackb(await redis.asyncio get(k))", raw_get, on_raw),
+            Contestant("raw_bytes", "await redis.asyncio get(k)  (bytes, not decoded)",
+                       on_raw(c.raw.get)),
+            Contestant("aiocache", "await aiocache RedisCache.get(k)",
+                       _await_each(c.aio.get, seq)),
+            Contestant("cashews", "await cashews get(k)  (redis backend)",
+                       _await_each(c.cashews.get,
+                                   KeySequence([c.cp + k for k in KEYS], settings.max_ops))),
+        ], hits=_redis_hits(c.mem))
 
 
 @asynccontextmanager
@@ -192,15 +217,9 @@ async def redis_put(settings: Settings) -> AsyncIterator[Suite]:
     async with AsyncExitStack() as stack:
         c = _Contestants(stack, uuid.uuid4().hex[:8])
         await c.open("rput")
-        keys = _fresh_keys("w:")
-        mem, raw, aio, cashews, rp, cp = c.mem, c.raw, c.aio, c.cashews, c.raw_prefix, c.cp
-        pack = msgpack.packb
-
-        def each(put: Any) -> RunFn:
-            async def run(ops: int, pass_no: int) -> None:
-                for k in keys(ops, pass_no):
-                    await put(k)
-            return run
+        each = _writes("w:", 1)
+        mem, aio, cashews, rp, cp, pack = c.mem, c.aio, c.cashews, c.raw_prefix, c.cp, \
+            msgpack.packb
 
         async def sophia(k: str) -> None:
             await mem.put(k, VALUE, tier=Tier.SESSION, ttl=TTL)
@@ -216,22 +235,14 @@ async def redis_put(settings: Settings) -> AsyncIterator[Suite]:
         async def cashews_set(k: str) -> None:
             await cashews.set(cp + k, VALUE, expire=TTL)
 
-        yield Suite(
-            key="redis_put", title="Redis put of a small dict (fresh keys)", unit="one put",
-            reference="sophia",
-            contestants=[
-                Contestant("sophia", "await mem.put(k, v, tier=SESSION, ttl=3600)",
-                           each(sophia)),
-                Contestant("raw", "await redis.asyncio set(k, msgpack.packb(v), px=3600000)",
-                           each(raw_set(raw))),
-                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
-                           each(raw_set(c.raw_nt))),
-                Contestant("aiocache", "await aiocache RedisCache.set(k, v, ttl=3600)",
-                           each(aio_set)),
-                Contestant("cashews", "await cashews set(k, v, expire=3600)",
-                           each(cashews_set)),
-            ],
-            targets=_ratio_targets(1.10), notes=NOTES)
+        yield _suite("redis_put", "Redis put of a small dict (fresh keys)", "one put", 1.10, [
+            Contestant("sophia", "await mem.put(k, v, tier=SESSION, ttl=3600)", each(sophia)),
+            *_raw_rows(c, "await redis.asyncio set(k, msgpack.packb(v), px=3600000)",
+                       raw_set, each),
+            Contestant("aiocache", "await aiocache RedisCache.set(k, v, ttl=3600)",
+                       each(aio_set)),
+            Contestant("cashews", "await cashews set(k, v, expire=3600)", each(cashews_set)),
+        ])
 
 
 @asynccontextmanager
@@ -245,8 +256,7 @@ async def redis_get_many(settings: Settings) -> AsyncIterator[Suite]:
                               settings.max_ops)
         for b in batches:
             assert len(await c.mem.get_many(b)) == 100
-        before, after = _redis_hits(c.mem)
-        cashews, cp, raw, unpack = c.cashews, c.cp, c.raw, msgpack.unpackb
+        cashews, cp, unpack = c.cashews, c.cp, msgpack.unpackb
         n = len(c.raw_prefix)
 
         def raw_many(client: Any) -> Any:
@@ -256,27 +266,24 @@ async def redis_get_many(settings: Settings) -> AsyncIterator[Suite]:
                         if v is not None}
             return get_many
 
+        def on_raw(call: Any) -> RunFn:
+            return _await_each(call, raw_seq)
+
         async def cashews_many(keys: list[str]) -> Any:
             return await cashews.get_many(*(cp + k for k in keys))
 
-        yield Suite(
-            key="redis_get_many", title="Redis get_many of 100 keys, all hits",
-            unit="one call fetching 100 keys", reference="sophia",
-            contestants=[
-                Contestant("sophia", "await mem.get_many(keys)", _await_each(c.mem.get_many,
-                                                                             seq)),
-                Contestant("raw", "{k: msgpack.unpackb(v)} from await redis.asyncio "
-                           "mget(keys)", _await_each(raw_many(raw), raw_seq)),
-                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
-                           _await_each(raw_many(c.raw_nt), raw_seq)),
-                Contestant("raw_bytes", "await redis.asyncio mget(keys)  (bytes, not decoded)",
-                           _await_each(c.raw.mget, raw_seq)),
-                Contestant("aiocache", "await aiocache RedisCache.multi_get(keys)",
-                           _await_each(c.aio.multi_get, seq)),
-                Contestant("cashews", "await cashews get_many(*keys)",
-                           _await_each(cashews_many, seq)),
-            ],
-            targets=_ratio_targets(1.15), notes=NOTES, before=before, after=after)
+        yield _suite("redis_get_many", "Redis get_many of 100 keys, all hits",
+                     "one call fetching 100 keys", 1.15, [
+            Contestant("sophia", "await mem.get_many(keys)", _await_each(c.mem.get_many, seq)),
+            *_raw_rows(c, "{k: msgpack.unpackb(v)} from await redis.asyncio mget(keys)",
+                       raw_many, on_raw),
+            Contestant("raw_bytes", "await redis.asyncio mget(keys)  (bytes, not decoded)",
+                       on_raw(c.raw.mget)),
+            Contestant("aiocache", "await aiocache RedisCache.multi_get(keys)",
+                       _await_each(c.aio.multi_get, seq)),
+            Contestant("cashews", "await cashews get_many(*keys)",
+                       _await_each(cashews_many, seq)),
+        ], hits=_redis_hits(c.mem))
 
 
 @asynccontextmanager
@@ -284,16 +291,9 @@ async def redis_put_many(settings: Settings) -> AsyncIterator[Suite]:
     async with AsyncExitStack() as stack:
         c = _Contestants(stack, uuid.uuid4().hex[:8])
         await c.open("rputmany")
-        keys = _fresh_keys("m:")
-        mem, raw, aio, cashews, rp, cp = c.mem, c.raw, c.aio, c.cashews, c.raw_prefix, c.cp
-        pack = msgpack.packb
-
-        def batches(put: Any) -> RunFn:
-            async def run(ops: int, pass_no: int) -> None:
-                ks = keys(ops * 100, pass_no)
-                for i in range(0, len(ks), 100):
-                    await put(ks[i : i + 100])
-            return run
+        batches = _writes("m:", 100)
+        mem, aio, cashews, rp, cp, pack = c.mem, c.aio, c.cashews, c.raw_prefix, c.cp, \
+            msgpack.packb
 
         async def sophia(ks: list[str]) -> None:
             await mem.put_many({k: VALUE for k in ks}, tier=Tier.SESSION, ttl=TTL)
@@ -312,22 +312,17 @@ async def redis_put_many(settings: Settings) -> AsyncIterator[Suite]:
         async def cashews_many(ks: list[str]) -> None:
             await cashews.set_many({cp + k: VALUE for k in ks}, expire=TTL)
 
-        yield Suite(
-            key="redis_put_many", title="Redis put_many of 100 items (fresh keys)",
-            unit="one call storing 100 items", reference="sophia",
-            contestants=[
-                Contestant("sophia", "await mem.put_many({k: v, ...}, tier=SESSION, "
-                           "ttl=3600)", batches(sophia)),
-                Contestant("raw", "redis.asyncio pipeline(transaction=False) of 100 "
-                           "SET k msgpack(v) PX 3600000", batches(raw_pipeline(raw))),
-                Contestant("raw_no_timeout", "raw, on a client with socket_timeout=None",
-                           batches(raw_pipeline(c.raw_nt))),
-                Contestant("aiocache", "await aiocache RedisCache.multi_set(pairs, ttl=3600)",
-                           batches(aio_many)),
-                Contestant("cashews", "await cashews set_many(mapping, expire=3600)",
-                           batches(cashews_many)),
-            ],
-            targets=_ratio_targets(1.15), notes=NOTES)
+        yield _suite("redis_put_many", "Redis put_many of 100 items (fresh keys)",
+                     "one call storing 100 items", 1.15, [
+            Contestant("sophia", "await mem.put_many({k: v, ...}, tier=SESSION, ttl=3600)",
+                       batches(sophia)),
+            *_raw_rows(c, "redis.asyncio pipeline(transaction=False) of 100 SET k msgpack(v) "
+                       "PX 3600000", raw_pipeline, batches),
+            Contestant("aiocache", "await aiocache RedisCache.multi_set(pairs, ttl=3600)",
+                       batches(aio_many)),
+            Contestant("cashews", "await cashews set_many(mapping, expire=3600)",
+                       batches(cashews_many)),
+        ])
 
 
 REDIS_SUITES: dict[str, SuiteFactory] = {
