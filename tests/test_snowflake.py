@@ -422,3 +422,34 @@ async def test_the_staging_table_is_named_in_full(monkeypatch: pytest.MonkeyPatc
                 f'"TESTDB"."SOPHIA_AI_MEMORY"."SOPHIA_STAGE_{table}"' in s for s in staged)
             assert not any(f' "SOPHIA_STAGE_{table}"' in s for s in staged)
             statements.clear()
+
+
+@pytest.mark.parametrize("retain", [0, -3])
+def test_retention_below_one_is_refused_by_both_versioned_backends(tmp_path: Path,
+                                                                    retain: int) -> None:
+    from sophia_memory.backends.snowflake_versioned import SnowflakeVersionedBackend
+    from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
+
+    settings = SnowflakeSettings.from_url(parse_url(URL), environ={})
+    with pytest.raises(ConfigError, match="retain must be at least 1"):
+        SnowflakeVersionedBackend(settings, "WORKFLOW_STATE", retain=retain)
+    with pytest.raises(ConfigError, match="retain must be at least 1"):
+        SQLiteVersionedBackend(tmp_path / "w.db", "workflow", retain=retain)
+    if retain < 0:  # in a URL, retain=0 means "keep every version"
+        with pytest.raises(ConfigError, match="retain must be at least 1"):
+            open_tier(Tier.WORKFLOW, URL + f"?retain={retain}")
+
+
+async def test_both_versioned_backends_report_their_retention(tmp_path: Path) -> None:
+    from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
+
+    with emulated_snowflake():
+        backends = [open_tier(Tier.WORKFLOW, URL + "?retain=4"),
+                    SQLiteVersionedBackend(tmp_path / "w.db", "workflow", retain=4)]
+        try:
+            for b in backends:
+                assert b.stats()["retain"] == 4
+                assert b.describe().endswith("(versioned, retain 4)")
+        finally:
+            for b in backends:
+                await b.close()

@@ -97,28 +97,20 @@ def _measure(value: Any, binary: bool, depth: int = 0, tuples: int = 0) -> int:
         return 9
     if depth > _MAX_DEPTH:
         raise UnsupportedValueError(f"value is nested deeper than {_MAX_DEPTH} levels")
-    if cls is list or cls is tuple:
+    sequence = cls is list or cls is tuple
+    if sequence or isinstance(value, dict):
+        size = 5
         if cls is tuple:
             if tuples >= _MAX_EXT_DEPTH:
                 raise UnsupportedValueError(f"tuples nest deeper than {_MAX_EXT_DEPTH} levels")
             tuples += 1
-        size = 5
-        for item in value:  # scalars inline: most items are, and a call costs more
-            c = type(item)
-            if c is str and item.isascii():
-                size += len(item) + 5
-            elif c is int or c is float or c is bool or item is None:
-                size += 9
-            else:
-                size += _measure(item, binary, depth + 1, tuples)
-        return size
-    if isinstance(value, dict):
-        size = 5
-        for k, item in value.items():
-            if type(k) is not str:
-                raise UnsupportedValueError(f"dict keys must be str, got {_describe(k)}")
-            size += len(k) + 5 if k.isascii() else _check_str(k)
-            c = type(item)
+        if not sequence:
+            for k in value:
+                if type(k) is not str:
+                    raise UnsupportedValueError(f"dict keys must be str, got {_describe(k)}")
+                size += len(k) + 5 if k.isascii() else _check_str(k)
+        for item in value if sequence else value.values():
+            c = type(item)  # scalars inline: most items are, and a call costs more
             if c is str and item.isascii():
                 size += len(item) + 5
             elif c is int or c is float or c is bool or item is None:

@@ -35,11 +35,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from ..errors import ConfigError
 from ..policies import EvictionListener
 from ..tiers import Record
 
 __all__ = ["Backend", "BarePayloads", "Evicting", "Invalidating", "ObjectStore", "Purging",
-           "Remote", "Searchable", "Versioned"]
+           "Remote", "RetainedVersions", "Searchable", "Versioned"]
 
 
 class Backend(ABC):
@@ -212,3 +213,24 @@ class Versioned(Protocol):
     async def history(self, key: str, limit: int | None) -> list[Record]:
         """The kept versions, newest first (at most ``limit``)."""
         ...
+
+
+class RetainedVersions(Backend):
+    """Base of the versioned backends: how many versions per key they keep (``retain``, the
+    newest ones; None: all), checked once, and shown in ``stats`` and ``describe``."""
+
+    retain: int | None
+
+    def _keep_retain(self, retain: int | None) -> None:
+        """Set ``retain``; called first in ``__init__``, before anything is opened."""
+        if retain is not None and retain < 1:
+            raise ConfigError(f"retain must be at least 1 (or none), got {retain}")
+        self.retain = retain
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        stats["retain"] = self.retain
+        return stats
+
+    def describe(self) -> str:
+        return super().describe() + f" (versioned, retain {self.retain})"

@@ -612,9 +612,7 @@ def open_snowflake(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend
     retain = dim = None
     metric = config.vector_metric
     if tier.name == "WORKFLOW":
-        retain = url.pop_int("retain", config.workflow_retain)
-        if retain is not None and retain < 1:
-            raise ConfigError(f"retain must be at least 1 (or none), got {retain}")
+        retain = url.pop_int("retain", config.workflow_retain)  # checked by the backend
     elif tier.name == "VECTOR":
         dim = url.pop_int("dim", config.vector_dim)
         metric = opt.pop("metric", metric)

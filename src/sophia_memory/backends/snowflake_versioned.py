@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import BackendError, VersionConflictError
 from ..tiers import Record
+from .base import RetainedVersions
 from .snowflake import SnowflakeBackend, SnowflakeSettings, _chunks
 
 __all__ = ["SnowflakeVersionedBackend"]
@@ -28,13 +29,13 @@ _LATEST = "QUALIFY ROW_NUMBER() OVER (PARTITION BY MEMORY_KEY ORDER BY VERSION D
 _VERSION_INDEX = 6  # of VERSION in a written row: key, variant, payload, expires, home, size
 
 
-class SnowflakeVersionedBackend(SnowflakeBackend):
+class SnowflakeVersionedBackend(RetainedVersions, SnowflakeBackend):
     """Append-only versions per key, with retention of the newest ``retain``."""
 
     def __init__(self, settings: SnowflakeSettings, table: str, *, retain: int | None = 100,
                  **kw: Any) -> None:
+        self._keep_retain(retain)  # before the engine (and its threads) is opened
         super().__init__(settings, table, **kw)
-        self.retain = retain
 
     def table_ddl(self) -> str:
         return self.layout.ddl(self._t, primary=(self._k, "VERSION"))
@@ -189,11 +190,3 @@ class SnowflakeVersionedBackend(SnowflakeBackend):
         rows = await self._query(f"SELECT {self._select} FROM {self._t} WHERE {self._k} = ? "
                                  f"ORDER BY VERSION DESC{tail}", [key])
         return [self._record(r) for r in rows]
-
-    def stats(self) -> dict[str, Any]:
-        stats = super().stats()
-        stats["retain"] = self.retain
-        return stats
-
-    def describe(self) -> str:
-        return super().describe() + f" (versioned, retain {self.retain})"

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, ConfigError, VersionConflictError
+from ..errors import BackendError, VersionConflictError
 from ..tiers import Record
+from .base import RetainedVersions
 from .sqlite import _COLS, SQLiteBackend, _row_to_record
 
 __all__ = ["SQLiteVersionedBackend"]
@@ -24,14 +25,12 @@ _INSERT_COLS = "payload, expires_at, home, size, created_at, extra"
 _LATEST = "version = (SELECT MAX(version) FROM {t} AS u WHERE u.key = {t}.key)"
 
 
-class SQLiteVersionedBackend(SQLiteBackend):
+class SQLiteVersionedBackend(RetainedVersions, SQLiteBackend):
     """Append-only versions per key, with retention of the newest ``retain``."""
 
     def __init__(self, path: str | Path, table: str, synchronous: str = "normal",
                  retain: int | None = 100) -> None:
-        if retain is not None and retain < 1:
-            raise ConfigError(f"retain must be at least 1 (or none), got {retain}")
-        self.retain = retain
+        self._keep_retain(retain)
         super().__init__(path, table, synchronous)
         t = self._t
         latest = _LATEST.format(t=t)
@@ -146,11 +145,3 @@ class SQLiteVersionedBackend(SQLiteBackend):
             return [r[0] for r in self._read(sql, (now,))]
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         return [r[0] for r in self._read(sql + " AND key >= ? AND key < ?", (now, prefix, upper))]
-
-    def stats(self) -> dict[str, Any]:
-        stats = super().stats()
-        stats["retain"] = self.retain
-        return stats
-
-    def describe(self) -> str:
-        return super().describe() + f" (versioned, retain {self.retain})"
