@@ -25,9 +25,9 @@ async def tier_contents(mem: Memory, key: str) -> dict[Tier, Any]:
         rec = await slot.backend.get(key, now)
         if rec is not None and not rec.expired(now):
             out[slot.tier] = core.decode(slot, rec)
-    pending = core.spilling.get(key)
+    pending = core.spiller.buffer.get(key)
     if pending is not None:
-        out[Tier.SESSION] = pending[0]
+        out[Tier.SESSION] = pending.value
     return out
 
 

@@ -88,12 +88,23 @@ def _check_str(value: str) -> int:
     return len(value) + 5
 
 
+_INT_MIN = -(2**63)
+_UINT_MAX = 2**64 - 1
+
+
+def _bigint_size(value: int) -> int:
+    """Encoded size of an integer beyond 64 bits: hex digits plus the extension header."""
+    return (value.bit_length() + 3) // 4 + 9
+
+
 def _measure(value: Any, binary: bool, depth: int = 0, tuples: int = 0) -> int:
     """Validate the structure of ``value`` and estimate its encoded size in bytes."""
     cls = type(value)
     if cls is str:
         return len(value) + 5 if value.isascii() else _check_str(value)
-    if cls is int or cls is float or cls is bool or value is None:
+    if cls is int:
+        return 9 if _INT_MIN <= value <= _UINT_MAX else _bigint_size(value)
+    if cls is float or cls is bool or value is None:
         return 9
     if depth > _MAX_DEPTH:
         raise UnsupportedValueError(f"value is nested deeper than {_MAX_DEPTH} levels")
@@ -113,7 +124,9 @@ def _measure(value: Any, binary: bool, depth: int = 0, tuples: int = 0) -> int:
             c = type(item)  # scalars inline: most items are, and a call costs more
             if c is str and item.isascii():
                 size += len(item) + 5
-            elif c is int or c is float or c is bool or item is None:
+            elif c is int:
+                size += 9 if _INT_MIN <= item <= _UINT_MAX else _bigint_size(item)
+            elif c is float or c is bool or item is None:
                 size += 9
             else:
                 size += _measure(item, binary, depth + 1, tuples)
@@ -175,7 +188,8 @@ def _default(value: Any) -> Any:
     if cls is tuple:
         return msgpack.ExtType(_EXT_TUPLE, _packer_packb(list(value)))
     if cls is int:
-        return msgpack.ExtType(_EXT_BIGINT, str(value).encode())
+        # hex: no digit limit (int_max_str_digits spares power-of-two bases), linear time
+        return msgpack.ExtType(_EXT_BIGINT, hex(value).encode())
     if isinstance(value, dict):  # dict subclasses (OrderedDict state_dicts) as plain dicts
         return dict(value)
     kind = array_kind(value)
@@ -217,7 +231,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
         finally:
             _ext_depth.n = depth
     if code == _EXT_BIGINT:
-        return int(data.decode())
+        text = data.decode()
+        # hex since 2026-12; decimal payloads written before still read
+        return int(text, 16) if text.startswith(("0x", "-0x")) else int(text)
     raise DecodeError(f"unknown msgpack extension type {code}")
 
 

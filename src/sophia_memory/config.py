@@ -92,6 +92,10 @@ class MemoryConfig:
     breaker_reset: float = 30.0
     #: Seconds between background purges of expired rows (0: never).
     purge_interval: float = 300.0
+    #: Bound of the spill buffer (items evicted from an in-process tier on their way to a
+    #: slower one): a put that finds it full waits until the spiller has made room.
+    spill_max_items: int = 10_000
+    spill_max_bytes: int = 256 * 2**20
 
     def resolved_path(self) -> Path:
         from .backends.sqlite import default_path
@@ -178,6 +182,8 @@ class MemoryConfig:
             raise ConfigError("max_value_bytes must be at least 1")
         if self.call_timeout <= 0 or self.breaker_threshold < 1 or self.breaker_reset <= 0:
             raise ConfigError("call_timeout, breaker_threshold and breaker_reset must be > 0")
+        if self.spill_max_items < 1 or self.spill_max_bytes < 1:
+            raise ConfigError("spill_max_items and spill_max_bytes must be at least 1")
         if self.codec not in ("msgpack", "json", "pickle"):
             raise ConfigError(f"unknown codec {self.codec!r}; choose msgpack, json or pickle")
 
@@ -192,6 +198,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "codec": (str,), "signing_key": (str, bytes, _NONE), "promote": (bool,),
     "promotion_queue": (int,), "cache_only": (frozenset,), "call_timeout": (float, int),
     "breaker_threshold": (int,), "breaker_reset": (float, int), "purge_interval": (float, int),
+    "spill_max_items": (int,), "spill_max_bytes": (int,),
 }
 
 

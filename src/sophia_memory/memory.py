@@ -9,7 +9,6 @@ across tiers.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import math
@@ -19,11 +18,12 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
-from ._core import MASK, Core, Slot
 from ._support import canonical_hash
+from .backends import Searchable, Versioned
 from .backends.hostpool import is_pool_value
 from .clock import Clock, SystemClock
 from .config import MemoryConfig, tier_of
+from .engine import Engine, InProcessTier, RemoteTier, TierHandle
 from .errors import InvalidArgumentError, InvalidKeyError, UnsupportedValueError, ValueTooLargeError
 from .tiers import Entry, Hit, Record, Tier
 
@@ -54,7 +54,7 @@ class Memory:
 
     __slots__ = ("_core", "_fast", "_now", "_prefix")
 
-    def __init__(self, core: Core, prefix: str = "") -> None:
+    def __init__(self, core: Engine, prefix: str = "") -> None:
         self._core = core
         self._prefix = prefix
         self._fast = core.fast
@@ -74,7 +74,7 @@ class Memory:
 
         Raises :class:`ConfigError` for invalid configuration.
         """
-        return cls(Core(MemoryConfig.build(config, **options), clock or SystemClock()))
+        return cls(Engine(MemoryConfig.build(config, **options), clock or SystemClock()))
 
     @classmethod
     def from_env(cls, *, clock: Clock | None = None) -> Memory:
@@ -149,7 +149,7 @@ class Memory:
             raise InvalidArgumentError(f"ttl must be positive, got {ttl!r}")
         return now + ttl
 
-    def _record(self, slot: Slot, value: Any, expires_at: float | None, now: float, *,
+    def _record(self, slot: TierHandle, value: Any, expires_at: float | None, now: float, *,
                 pool: str | None = None, meta: Mapping[str, Any] | None = None) -> Record:
         core = self._core
         if slot.tier is Tier.GPU and not is_pool_value(value):
@@ -158,10 +158,10 @@ class Memory:
         if pool is not None and slot.tier is not Tier.GPU:
             raise InvalidArgumentError("pool= applies to Tier.GPU only")
         limit = core.config.max_value_bytes
-        if slot.obj:
+        if isinstance(slot, InProcessTier):
             # Kept as the object, but checked against the codec: it may spill to a table.
             payload, size = value, core.codec.measure(value)
-            if size <= limit and not slot.fits(size):  # type: ignore[misc]
+            if size <= limit and not slot.fits(size):
                 raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
         else:
             payload = core.codec.encode(value)  # refuses unsupported values
@@ -190,7 +190,7 @@ class Memory:
             if _SEP not in key:
                 full = self._prefix + key if self._prefix else key
                 for peek, st in self._fast:
-                    rec = peek(full)  # type: ignore[misc]  # fast tiers always have peek
+                    rec = peek(full)
                     if rec is not None:
                         exp = rec.expires_at
                         if (exp is None or exp > self._now()) and st.hits & _SAMPLE:
@@ -212,14 +212,14 @@ class Memory:
         return Entry(key, value, slot.tier, rec.version, rec.expires_at, rec.created_at,
                      rec.home, dict(rec.extra))
 
-    def _workflow(self) -> Slot:
+    def _workflow(self) -> tuple[RemoteTier, Versioned]:
         slot = self._core.slot(Tier.WORKFLOW)
-        if not slot.versioned:
+        if not isinstance(slot, RemoteTier) or slot.versioned is None:
             raise InvalidArgumentError(f"the WORKFLOW backend ({slot.backend.describe()}) "
                                        "keeps no versions")
-        return slot
+        return slot, slot.versioned
 
-    def _entry(self, key: str, rec: Record, slot: Slot) -> Entry:
+    def _entry(self, key: str, rec: Record, slot: TierHandle) -> Entry:
         return Entry(key, self._core.decode(slot, rec), slot.tier, rec.version, rec.expires_at,
                      rec.created_at, rec.home, dict(rec.extra))
 
@@ -228,8 +228,8 @@ class Memory:
             raise InvalidArgumentError(f"version must be an int >= 1, got {version!r}")
         full = self._key(key)
         core = self._core
-        slot = self._workflow()
-        rec = await core.call(slot, "get_version", full, version)
+        slot, versions = self._workflow()
+        rec = await slot.call(versions.get_version, full, version)
         if rec is None or rec.expired(core.now()):
             return None
         return self._entry(key, rec, slot)
@@ -242,9 +242,9 @@ class Memory:
             raise InvalidArgumentError(f"limit must be an int >= 1, got {limit!r}")
         full = self._key(key)
         core = self._core
-        slot = self._workflow()
+        slot, versions = self._workflow()
         now = core.now()
-        records = await core.call(slot, "history", full, limit)
+        records = await slot.call(versions.history, full, limit)
         return [self._entry(key, r, slot) for r in records if not r.expired(now)]
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -298,28 +298,28 @@ class Memory:
         core = self._core
         slot = core.slot(self._tier(tier))
         if expected_version is not None:
-            if not slot.versioned:
+            if not isinstance(slot, RemoteTier) or slot.versioned is None:
                 raise InvalidArgumentError(f"expected_version applies to a versioned tier "
                                            f"(Tier.WORKFLOW), not {slot.tier}")
             if (isinstance(expected_version, bool) or not isinstance(expected_version, int)
                     or expected_version < 0):
                 raise InvalidArgumentError(f"expected_version must be an int >= 0, got "
                                            f"{expected_version!r}")
-        if vector is not None or slot.searchable:
+        if vector is not None or _searchable(slot) is not None:
             meta = self._with_vector(slot, vector, meta)
         now = core.now()
         rec = self._record(slot, value, self._expiry(ttl, now), now, pool=pool, meta=meta)
         return await core.write({full: rec}, slot, expected_version)
 
     @staticmethod
-    def _with_vector(slot: Slot, vector: Any, meta: Mapping[str, Any] | None,
+    def _with_vector(slot: TierHandle, vector: Any, meta: Mapping[str, Any] | None,
                      ) -> dict[str, Any]:
-        backend: Any = slot.backend
-        if not slot.searchable:
+        searchable = _searchable(slot)
+        if searchable is None:
             raise InvalidArgumentError(f"vector= applies to Tier.VECTOR, not {slot.tier}")
         if vector is None:
             raise InvalidArgumentError("a put to Tier.VECTOR needs vector=")
-        arr = backend.prepare(vector)
+        arr = searchable.prepare(vector)
         return {**(meta or {}), "embedding": arr.tobytes(), "dim": int(arr.size)}
 
     async def put_many(self, items: Mapping[str, Any], *, tier: Tier | str | int | None = None,
@@ -332,7 +332,7 @@ class Memory:
         slot = core.slot(self._tier(tier))
         now = core.now()
         expires_at = self._expiry(ttl, now)
-        if vectors is not None or slot.searchable:
+        if vectors is not None or _searchable(slot) is not None:
             vectors = vectors or {}
             missing = [k for k in items if k not in vectors]
             if missing:
@@ -376,17 +376,18 @@ class Memory:
             raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
         core = self._core
         slot = core.slot(Tier.VECTOR)
-        backend: Any = slot.backend
-        if not slot.searchable:
-            raise InvalidArgumentError(f"the VECTOR backend ({backend.describe()}) cannot search")
-        queries = [backend.prepare(v) for v in vectors]
+        searchable = _searchable(slot)
+        if searchable is None or not isinstance(slot, RemoteTier):
+            raise InvalidArgumentError(f"the VECTOR backend ({slot.backend.describe()}) "
+                                       "cannot search")
+        queries = [searchable.prepare(v) for v in vectors]
         if not queries:
             return []
         t0 = time.perf_counter()
-        found = await core.call(slot, "search", queries, k, metric, self._prefix, min_score)
+        found = await slot.call(searchable.search, queries, k, metric, self._prefix, min_score)
         keys = list({key for hits in found for key, _ in hits})
         now = core.now()
-        records = await core.call(slot, "get_many", keys, now) if keys else {}
+        records = await slot.get_many(keys, now) if keys else {}
         slot.stats.latencies.append(time.perf_counter() - t0)
         n = len(self._prefix)
         out = []
@@ -418,40 +419,22 @@ class Memory:
         if value is not _MISSING:
             return value
         full = self._key(key)
-        inflight = self._core.inflight
-        while True:
-            fut = inflight.get(full)
-            if fut is None:
-                break
-            await asyncio.wait([fut])
-            if not fut.cancelled():
-                return fut.result()
-        fut = asyncio.get_running_loop().create_future()
-        inflight[full] = fut
-        try:
-            found = await self._core.lookup(full)
+        core = self._core
+
+        async def load() -> Any:
+            found = await core.lookup(full)
             if found is not None:
-                value = found[1]
-            else:
-                t0 = time.perf_counter()
-                value = loader()
-                if inspect.isawaitable(value):
-                    value = await value
-                took = {"processing_time_ms": round((time.perf_counter() - t0) * 1000, 3)}
-                await self.put(key, value, tier=tier, ttl=ttl,
-                               meta={**took, **meta} if meta else took)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                fut.cancel()
-            else:
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: waiters may be none
-            raise
-        finally:
-            if inflight.get(full) is fut:
-                del inflight[full]
-        fut.set_result(value)
-        return value
+                return found[1]
+            t0 = time.perf_counter()
+            value = loader()
+            if inspect.isawaitable(value):
+                value = await value
+            took = {"processing_time_ms": round((time.perf_counter() - t0) * 1000, 3)}
+            await self.put(key, value, tier=tier, ttl=ttl,
+                           meta={**took, **meta} if meta else took)
+            return value
+
+        return await core.flights.run(full, load)
 
     def cached(self, *, tier: Tier | str | int | None = None,
                ttl: float | timedelta | None = None,
@@ -493,7 +476,10 @@ class Memory:
         """The live keys of this namespace stored in one tier (for inspection and tests)."""
         core = self._core
         slot = core.slot(tier_of(tier))
-        full = await core.call(slot, "keys", self._prefix, core.now())
+        if isinstance(slot, RemoteTier):
+            full = await slot.call(slot.backend.keys, self._prefix, core.now())
+        else:
+            full = await slot.keys(self._prefix, core.now())
         n = len(self._prefix)
         return sorted(k[n:] for k in full if _SEP not in k[n:])
 
@@ -513,17 +499,23 @@ class Memory:
                 "spills_dropped": st.spills_dropped, **pct,
                 "budget_ms": slot.tier.budget_ms,
                 "within_budget": None if p95 is None else p95 <= slot.tier.budget_ms,
-                "breaker": slot.breaker.state, **_safe_stats(slot),
+                "breaker": slot.breaker.state if isinstance(slot, RemoteTier) else "closed",
+                **_safe_stats(slot),
             }
         for tier, why in core.unavailable.items():
             tiers[tier.name] = {"enabled": False, "reason": why}
-        queue = core.promo_queue
-        return {"tiers": tiers, "promotions_queued": 0 if queue is None else queue.qsize(),
-                "promotions_dropped": core.promotions_dropped, "spilling": len(core.spilling),
-                "stripes": MASK + 1, "taken_at": time.time()}
+        engine = core.stats()
+        return {"tiers": tiers, **engine,
+                "promotions_queued": engine["promotion"]["queued"],
+                "promotions_dropped": engine["promotion"]["dropped"],
+                "spilling": engine["spill"]["items"], "taken_at": time.time()}
 
 
-def _safe_stats(slot: Slot) -> dict[str, Any]:
+def _searchable(slot: TierHandle) -> Searchable | None:
+    return slot.searchable if isinstance(slot, RemoteTier) else None
+
+
+def _safe_stats(slot: TierHandle) -> dict[str, Any]:
     try:
         return {"backend_stats": slot.backend.stats()}
     except Exception as exc:  # stats must never raise

@@ -1,0 +1,227 @@
+"""The write path: put and delete, ordered so that no read sees a superseded value.
+
+A put of ``key`` to its home tier ``H``, holding the key:
+
+1. writes ``H`` (durably, for stored tiers);
+2. removes what the library itself made of earlier values *below* ``H``: copies spills made
+   (the spiller knows where), items in transit, promoted copies in the tiers promotion fills;
+   explicit puts to lower homes stay, shadowed by ``H``;
+3. clears every tier *above* ``H``, slowest first, then the spill buffer, then the in-process
+   tiers.
+
+While 1-3 run, the first hit along the read path is the old value or the new one, never an
+older one: step 2 only removes things below the new value, and step 3 removes from the bottom
+up, so whenever a copy above disappears, everything between it and ``H`` is already gone. A
+delete clears every tier in the same bottom-up order. If the process dies part-way, the
+remaining state is one that a read during the write could have seen, which is what makes a
+crash safe for durable homes (DESIGN.md §3, "Crash safety").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..errors import TierUnavailableError
+from ..tiers import Record, Tier
+from .handles import InProcessTier, RemoteTier, TierHandle
+from .ordering import KeyOrder
+from .spill import Pending, Spiller
+
+__all__ = ["Writer"]
+
+log = logging.getLogger("sophia_memory.writes")
+
+_PROMOTED_INTO = (Tier.GPU, Tier.SESSION)
+
+
+class Writer:
+    """Puts and deletes over the chain of tiers."""
+
+    def __init__(self, chain: list[TierHandle], order: KeyOrder, spiller: Spiller,
+                 now: Callable[[], float]) -> None:
+        self.chain = chain
+        self.order = order
+        self.spiller = spiller
+        self.now = now
+        self.local = [t for t in chain if isinstance(t, InProcessTier)]
+        self.remote = [t for t in chain if isinstance(t, RemoteTier)]
+
+    async def write(self, records: dict[str, Record], home: TierHandle,
+                    expected_version: int | None = None) -> int | None:
+        """Store home ``records`` in ``home`` and supersede every other copy of their keys
+        (steps 1-3 above). For a versioned tier and one record, the version written."""
+        version: int | None = None
+        keys = list(records)
+        spiller = self.spiller
+        async with self.order.writing(keys):
+            now = self.now()
+            # What the library had made of earlier values, noted before step 1: a batch put
+            # to an in-process tier may evict (and so spill) its own keys.
+            masks = {k: m for k in keys if (m := spiller.copies.get(k))} \
+                if spiller.copies else {}
+            moving = {k: e for k in keys if (e := spiller.buffer.get(k)) is not None} \
+                if spiller.buffer else {}
+            try:
+                if isinstance(home, InProcessTier):
+                    for k, rec in records.items():
+                        home.put_nowait(k, rec)
+                elif home.versioned is not None and len(records) == 1:
+                    (k, rec), = records.items()
+                    version = await home.call(home.versioned.append, k, rec, expected_version)
+                    rec.version = version
+                elif len(records) == 1:
+                    (k, rec), = records.items()
+                    await home.put(k, rec)
+                else:
+                    await home.put_many(records)
+            except TierUnavailableError:
+                self._distrust_above(keys, home)
+                raise
+            home.stats.puts += len(records)
+            if isinstance(home, RemoteTier) and home.stale:
+                home.stale.difference_update(keys)
+            if isinstance(home, InProcessTier):
+                self._take(moving)  # in transit below the new value
+            if masks:
+                await self._drop_spilled(masks, home, records, now)
+            if isinstance(home, InProcessTier):
+                await self._drop_promoted_below(keys, home, now)
+            if home.index:
+                await self._clear_above(keys, home, now)
+        return version
+
+    def _take(self, moving: dict[str, Pending]) -> None:
+        buffer = self.spiller.buffer
+        for k, entry in moving.items():
+            if buffer.get(k) is entry:  # not a fresh eviction of this very write
+                self.spiller.take(k)
+
+    async def _drop_spilled(self, masks: dict[str, int], home: TierHandle,
+                            records: dict[str, Record], now: float) -> None:
+        """Step 2 for the copies spills made of earlier values."""
+        spiller = self.spiller
+        below: dict[int, list[str]] = {}
+        for k, mask in masks.items():
+            for tier in self.chain:
+                bit = 1 << tier.index
+                if not mask & bit:
+                    continue
+                if tier.index <= home.index:
+                    spiller.forget(k, tier.index)  # replaced here, or cleared by step 3
+                    continue
+                if isinstance(tier, InProcessTier):
+                    rec = tier.peek(k)
+                    if rec is not None and rec.payload is records[k].payload:
+                        continue  # this write's own value, spilled by its own batch
+                    tier.pop_nowait(k)
+                    spiller.forget(k, tier.index)
+                else:
+                    below.setdefault(tier.index, []).append(k)
+        for index in sorted(below, reverse=True):
+            tier = self.chain[index]
+            assert isinstance(tier, RemoteTier)
+            tier_keys = below[index]
+            for k in tier_keys:
+                spiller.forget(k, index)
+            try:
+                await tier.drop(tier_keys, now)
+            except TierUnavailableError:
+                tier.stale.update(tier_keys)
+
+    async def _drop_promoted_below(self, keys: list[str], home: InProcessTier,
+                                   now: float) -> None:
+        """Step 2 for promoted copies: only the tiers promotion fills can hold them."""
+        for tier in self.chain[home.index + 1:]:
+            if tier.tier not in _PROMOTED_INTO:
+                continue
+            if isinstance(tier, InProcessTier):
+                for k in keys:
+                    tier.pop_copy(k)
+                continue
+            try:
+                await tier.drop(keys, now, only=_is_copy)
+            except TierUnavailableError:
+                tier.stale.update(keys)
+
+    async def _clear_above(self, keys: list[str], home: TierHandle, now: float) -> None:
+        """Step 3: every tier above ``home``, slowest first."""
+        for tier in reversed(self.remote):
+            if tier.index >= home.index:
+                continue
+            try:
+                await tier.drop(keys, now)
+            except TierUnavailableError as exc:
+                tier.stale.update(keys)
+                log.warning("%s could not drop %d stale copies (%s); they are skipped on "
+                            "reads until it recovers", tier.tier, len(keys), exc.reason)
+        if isinstance(home, RemoteTier):  # in transit above the home: older values
+            for k in keys:
+                self.spiller.take(k)
+        for near in reversed(self.local):
+            if near.index < home.index:
+                for k in keys:
+                    near.pop_nowait(k)
+        above = (1 << home.index) - 1
+        for k in keys:
+            self.spiller.forget_bits(k, above)
+
+    def _distrust_above(self, keys: list[str], home: TierHandle) -> None:
+        """A remote write that failed may still land: no copy above may outlive it."""
+        for tier in self.chain[: home.index]:
+            if isinstance(tier, InProcessTier):
+                for k in keys:
+                    tier.pop_copy(k)
+            else:
+                tier.stale.update(keys)
+
+    async def delete(self, keys: list[str]) -> int:
+        """Remove ``keys`` from every tier, slowest first; how many held a live value.
+        A failing tier marks the keys stale there (skipped by reads, retried on recovery)
+        and its error is raised once every other tier is done."""
+        spiller = self.spiller
+        existed: set[str] = set()
+        failure: TierUnavailableError | None = None
+        async with self.order.writing(keys):
+            now = self.now()
+            for tier in reversed(self.remote):
+                try:
+                    existed.update(await tier.drop(keys, now))
+                except TierUnavailableError as exc:
+                    tier.stale.update(keys)
+                    failure = exc
+                tier.stats.deletes += len(keys)
+            for k in keys:
+                entry = spiller.take(k)
+                if entry is not None and not entry.record.expired(now):
+                    existed.add(k)
+            for near in reversed(self.local):
+                for k in keys:
+                    rec = near.pop_nowait(k)
+                    if rec is not None and not rec.expired(now):
+                        existed.add(k)
+                near.stats.deletes += len(keys)
+            spiller.forget_all(keys)
+        if failure is not None:
+            raise failure
+        return len(existed)
+
+    async def replay_stale(self, tier: RemoteTier) -> None:
+        """Replay the invalidations ``tier`` missed while it was failing."""
+        order = self.order
+        try:
+            for key in list(tier.stale):
+                async with order.locks[order.stripe(key)]:
+                    if key not in tier.stale:
+                        continue
+                    try:
+                        await tier.drop([key], self.now())
+                    except TierUnavailableError:
+                        return
+                    tier.stale.discard(key)
+        finally:
+            tier.draining = False
+
+
+def _is_copy(rec: Record) -> bool:
+    return not rec.home
