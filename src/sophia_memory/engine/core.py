@@ -110,8 +110,9 @@ class Engine:
         self.spiller = Spiller(chain, self.order, codec=self.codec, now=self.now,
                                cache_only=config.cache_only, max_items=config.spill_max_items,
                                max_bytes=config.spill_max_bytes)
-        self.promoter = Promoter(chain, self.order, self.codec, self.now,
-                                 config.promotion_queue)
+        self.promoter = Promoter(chain, self.order, codec=self.codec, now=self.now,
+                                 queue_size=config.promotion_queue,
+                                 room=self.spiller.wait_for_room)
         self.reads = TierChain(chain, self.order, spiller=self.spiller, promoter=self.promoter,
                                codec=self.codec, now=self.now)
         self.writer = Writer(chain, self.order, self.spiller, self.now)

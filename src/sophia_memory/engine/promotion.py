@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..backends.hostpool import is_pool_value
@@ -38,9 +38,13 @@ _Job = tuple[str, Any, Record, TierHandle, list[TierHandle], int]
 class Promoter:
     """The promotion policy, its bounded queue and its worker."""
 
-    def __init__(self, chain: list[TierHandle], order: KeyOrder, codec: Codec,
-                 now: Callable[[], float], queue_size: int) -> None:
+    def __init__(self, chain: list[TierHandle], order: KeyOrder, *, codec: Codec,
+                 now: Callable[[], float], queue_size: int,
+                 room: Callable[[], Awaitable[None]]) -> None:
         self.order = order
+        #: Waits until the spill buffer has room: a copy installed in a bounded tier may
+        #: evict an item into it, and promotion must not outrun the spiller either.
+        self.room = room
         self.codec = codec
         self.now = now
         self.gpu = next((t for t in chain if t.tier is Tier.GPU), None)
@@ -88,6 +92,7 @@ class Promoter:
             job = await queue.get()
             try:
                 await self._install(job)
+                await self.room()
             except Exception as exc:  # a failed promotion only costs a future hit
                 log.debug("promotion of %r failed: %s", job[0], exc)
             finally:

@@ -26,7 +26,7 @@ from ..errors import TierUnavailableError
 from ..tiers import Record, Tier
 from .handles import InProcessTier, RemoteTier, TierHandle
 from .ordering import KeyOrder
-from .spill import Pending, Spiller
+from .spill import Spiller
 
 __all__ = ["Writer"]
 
@@ -46,6 +46,11 @@ class Writer:
         self.now = now
         self.local = [t for t in chain if isinstance(t, InProcessTier)]
         self.remote = [t for t in chain if isinstance(t, RemoteTier)]
+        # Per home position: the tiers above it in the order step 3 clears them.
+        self.remote_above = [[t for t in reversed(self.remote) if t.index < h.index]
+                             for h in chain]
+        self.local_above = [[t for t in reversed(self.local) if t.index < h.index]
+                            for h in chain]
 
     async def write(self, records: dict[str, Record], home: TierHandle,
                     expected_version: int | None = None) -> int | None:
@@ -56,12 +61,6 @@ class Writer:
         spiller = self.spiller
         async with self.order.writing(keys):
             now = self.now()
-            # What the library had made of earlier values, noted before step 1: a batch put
-            # to an in-process tier may evict (and so spill) its own keys.
-            masks = {k: m for k in keys if (m := spiller.copies.get(k))} \
-                if spiller.copies else {}
-            moving = {k: e for k in keys if (e := spiller.buffer.get(k)) is not None} \
-                if spiller.buffer else {}
             try:
                 if isinstance(home, InProcessTier):
                     for k, rec in records.items():
@@ -81,20 +80,27 @@ class Writer:
             home.stats.puts += len(records)
             if isinstance(home, RemoteTier) and home.stale:
                 home.stale.difference_update(keys)
-            if isinstance(home, InProcessTier):
-                self._take(moving)  # in transit below the new value
-            if masks:
-                await self._drop_spilled(masks, home, records, now)
+            # Step 2. Inserting a batch into an in-process home may evict (and so spill) the
+            # older value of a key later in the batch, or this write's own values: what is
+            # this write's own value is told by identity, and kept.
+            if isinstance(home, InProcessTier) and spiller.buffer:
+                self._take_older(records)
+            if spiller.copies:
+                masks = {k: m for k in keys if (m := spiller.copies.get(k))}
+                if masks:
+                    await self._drop_spilled(masks, home, records, now)
             if isinstance(home, InProcessTier):
                 await self._drop_promoted_below(keys, home, now)
             if home.index:
                 await self._clear_above(keys, home, now)
         return version
 
-    def _take(self, moving: dict[str, Pending]) -> None:
+    def _take_older(self, records: dict[str, Record]) -> None:
+        """Remove items in transit that hold an older value of ``records``' keys."""
         buffer = self.spiller.buffer
-        for k, entry in moving.items():
-            if buffer.get(k) is entry:  # not a fresh eviction of this very write
+        for k, rec in records.items():
+            entry = buffer.get(k)
+            if entry is not None and entry.value is not rec.payload:
                 self.spiller.take(k)
 
     async def _drop_spilled(self, masks: dict[str, int], home: TierHandle,
@@ -146,25 +152,24 @@ class Writer:
 
     async def _clear_above(self, keys: list[str], home: TierHandle, now: float) -> None:
         """Step 3: every tier above ``home``, slowest first."""
-        for tier in reversed(self.remote):
-            if tier.index >= home.index:
-                continue
+        for tier in self.remote_above[home.index]:
             try:
                 await tier.drop(keys, now)
             except TierUnavailableError as exc:
                 tier.stale.update(keys)
                 log.warning("%s could not drop %d stale copies (%s); they are skipped on "
                             "reads until it recovers", tier.tier, len(keys), exc.reason)
-        if isinstance(home, RemoteTier):  # in transit above the home: older values
+        spiller = self.spiller
+        if isinstance(home, RemoteTier) and spiller.buffer:  # in transit above the home
             for k in keys:
-                self.spiller.take(k)
-        for near in reversed(self.local):
-            if near.index < home.index:
-                for k in keys:
-                    near.pop_nowait(k)
-        above = (1 << home.index) - 1
-        for k in keys:
-            self.spiller.forget_bits(k, above)
+                spiller.take(k)
+        for near in self.local_above[home.index]:
+            for k in keys:
+                near.pop_nowait(k)
+        if spiller.copies:
+            above = (1 << home.index) - 1
+            for k in keys:
+                spiller.forget_bits(k, above)
 
     def _distrust_above(self, keys: list[str], home: TierHandle) -> None:
         """A remote write that failed may still land: no copy above may outlive it."""
