@@ -46,7 +46,8 @@ from tests.snowflake_shim import emulated_snowflake  # noqa: E402
 
 from sophia_memory import Tier  # noqa: E402
 from sophia_memory.backends import parse_url  # noqa: E402
-from sophia_memory.backends.snowflake import SnowflakeBackend, open_snowflake  # noqa: E402
+from sophia_memory.backends.sql import open_snowflake  # noqa: E402
+from sophia_memory.backends.sql.snowflake import SnowflakeBackend  # noqa: E402
 from sophia_memory.codecs import MsgpackCodec  # noqa: E402
 from sophia_memory.config import MemoryConfig  # noqa: E402
 from sophia_memory.tiers import Record  # noqa: E402

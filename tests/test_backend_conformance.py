@@ -7,12 +7,15 @@ from typing import Any
 
 import numpy as np
 
+from sophia_memory import MemoryConfig, Tier
+from sophia_memory.backends import open_backend
 from sophia_memory.backends.base import Backend
-from sophia_memory.backends.hostpool import HostPoolBackend
-from sophia_memory.backends.memory import MemoryBackend
-from sophia_memory.backends.sqlite import CORTEX_LAYOUT, SQLiteBackend
-from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
-from sophia_memory.testing import BackendTests
+from sophia_memory.backends.inprocess.memory import MemoryBackend
+from sophia_memory.backends.pools.hostpool import HostPoolBackend
+from sophia_memory.backends.sql.sqlite import CORTEX_LAYOUT, SQLiteBackend
+from sophia_memory.backends.sql.sqlite_versioned import SQLiteVersionedBackend
+from sophia_memory.config import DEFAULT_URLS
+from sophia_memory.testing import BackendTests, Gate, GatedBackend
 
 
 class TestMemoryBackend(BackendTests):
@@ -49,3 +52,20 @@ class TestHostPoolBackend(BackendTests):
 
     def same_payload(self, a: Any, b: Any) -> bool:
         return bool(np.array_equal(a, b) and a.dtype == b.dtype)
+
+
+class TestDefaultVectorBackend(BackendTests):
+    """The VECTOR tier's default (``sqlite:///?table=vector``): search included."""
+
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        config = MemoryConfig.build(path=str(tmp_path / "conf.db"))
+        url = DEFAULT_URLS[Tier.VECTOR]
+        assert url is not None
+        return open_backend(url, Tier.VECTOR, config)
+
+
+class TestGatedBackend(BackendTests):
+    """The test backend of sophia_memory.testing, suspending every call at random."""
+
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return GatedBackend(f"conformance-{tmp_path.name}", gate=Gate(seed=7, max_yields=3))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sophia_memory import ManualClock, Memory, Tier
-from sophia_memory.backends.hostpool import PoolBackend, to_host
+from sophia_memory.backends.pools.hostpool import PoolBackend, to_host
 from sophia_memory.gpu import detect_gpu
 
 _GPU = detect_gpu(0)

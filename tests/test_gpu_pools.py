@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from sophia_memory import ManualClock, Memory, Tier
-from sophia_memory.backends.hostpool import HostPoolBackend, PoolBackend, to_host
+from sophia_memory.backends.pools.hostpool import HostPoolBackend, PoolBackend, to_host
 from sophia_memory.errors import ConfigError, ValueTooLargeError
 from sophia_memory.gpu import detect_gpu
 from sophia_memory.pools import (

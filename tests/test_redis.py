@@ -20,7 +20,7 @@ from sophia_memory.testing import BackendTests
 redis_asyncio = pytest.importorskip("redis.asyncio")
 fakeredis = pytest.importorskip("fakeredis")
 
-from sophia_memory.backends.redis import RedisBackend  # noqa: E402
+from sophia_memory.backends.redis.backend import RedisBackend  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -20,7 +20,7 @@ from .test_state_machine import TieredMemoryMachine
 fakeredis = pytest.importorskip("fakeredis")
 pytest.importorskip("redis.asyncio")
 
-from sophia_memory.backends.redis import RedisBackend  # noqa: E402
+from sophia_memory.backends.redis.backend import RedisBackend  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None,

@@ -15,7 +15,7 @@ import pytest
 from sophia_memory import ConfigError, Memory, Tier
 from sophia_memory.backends import open_backend
 from sophia_memory.backends.base import Backend
-from sophia_memory.backends.redis import RedisBackend
+from sophia_memory.backends.redis.backend import RedisBackend
 from sophia_memory.config import MemoryConfig
 from sophia_memory.testing import BackendTests
 

@@ -28,7 +28,7 @@ from sophia_memory.tiers import Record
 redis_asyncio = pytest.importorskip("redis.asyncio")
 fakeredis = pytest.importorskip("fakeredis")
 
-from sophia_memory.backends.redis import RedisBackend  # noqa: E402
+from sophia_memory.backends.redis.backend import RedisBackend  # noqa: E402
 
 from .test_redis import REDIS_URL, _drop_prefix, _real_redis_or_skip  # noqa: E402
 
@@ -38,7 +38,7 @@ ONLY_SESSION: dict[Tier, Any] = {t: None for t in Tier if t is not Tier.SESSION}
 
 def backend_envelope_with_broken_extra() -> bytes:
     """An envelope whose ``extra`` is not msgpack: read whole, as a foreign value."""
-    from sophia_memory.backends.redis import _HEAD, _MAGIC
+    from sophia_memory.backends.redis.backend import _HEAD, _MAGIC
 
     return _HEAD.pack(_MAGIC, float("nan"), NOW, 3, 0, 1, 4) + b"\xc1\xc1\xc1\xc1" + b"\x01zz"
 

@@ -22,11 +22,8 @@ pytest.importorskip("fakesnow")
 from sophia_memory import ManualClock, Memory, Tier
 from sophia_memory.backends import Remote, parse_url
 from sophia_memory.backends.base import Backend, Purging, Searchable, Versioned
-from sophia_memory.backends.snowflake import (
-    SnowflakeBackend,
-    SnowflakeSettings,
-    open_snowflake,
-)
+from sophia_memory.backends.sql import open_snowflake
+from sophia_memory.backends.sql.snowflake import SnowflakeBackend, SnowflakeSettings
 from sophia_memory.config import MemoryConfig
 from sophia_memory.errors import (
     BackendError,
@@ -47,9 +44,7 @@ SQL_TIERS = (Tier.CORTEX, Tier.PERSISTENT, Tier.VECTOR, Tier.WORKFLOW)
 
 def open_tier(tier: Tier, url: str = URL, **config: Any) -> Backend:
     parsed = parse_url(url)
-    backend = open_snowflake(parsed, tier, MemoryConfig(**config))
-    assert not parsed.options, parsed.options
-    return backend
+    return open_snowflake(parsed, tier, MemoryConfig(**config))
 
 
 class EmulatedSnowflake:
@@ -220,7 +215,7 @@ def test_settings_from_url() -> None:
     assert (s.account, s.user, s.password) == ("xy12345.eu-west-1", "me@corp.com", "p@ss")
     assert (s.database, s.schema, s.warehouse, s.role) == ("ANALYTICS", "MEM", "WH_SMALL",
                                                            "SOPHIA_RW")
-    assert s.readers == 2 and not url.options
+    assert s.readers == 2
     kw = s.connect_kwargs(5.0)
     assert kw["paramstyle"] == "qmark" and kw["password"] == "p@ss"
     assert kw["warehouse"] == "WH_SMALL" and kw["network_timeout"] == 5
@@ -321,7 +316,7 @@ def _record() -> Any:
 async def test_a_write_queued_behind_the_stop_marker_fails_instead_of_hanging() -> None:
     """``release`` can queue its stop marker between a write's ``_closed`` check and its
     ``put``: the writer then stops ahead of the write, which must still be answered."""
-    from sophia_memory.backends.snowflake_engine import _STOP
+    from sophia_memory.backends.sql.snowflake_engine import _STOP
 
     with emulated_snowflake():
         backend = open_tier(Tier.PERSISTENT)
@@ -378,8 +373,8 @@ async def test_the_staging_table_is_named_in_full(monkeypatch: pytest.MonkeyPatc
     session whose current schema is another one (or none) stages in the right place."""
     import snowflake.connector.pandas_tools as tools
 
-    from sophia_memory.backends.snowflake import MERGE_ROWS
-    from sophia_memory.backends.snowflake_engine import SnowflakeEngine
+    from sophia_memory.backends.sql.snowflake import MERGE_ROWS
+    from sophia_memory.backends.sql.snowflake_engine import SnowflakeEngine
 
     original_kwargs = SnowflakeSettings.connect_kwargs
 
@@ -427,8 +422,8 @@ async def test_the_staging_table_is_named_in_full(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize("retain", [0, -3])
 def test_retention_below_one_is_refused_by_both_versioned_backends(tmp_path: Path,
                                                                     retain: int) -> None:
-    from sophia_memory.backends.snowflake_versioned import SnowflakeVersionedBackend
-    from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
+    from sophia_memory.backends.sql.snowflake_versioned import SnowflakeVersionedBackend
+    from sophia_memory.backends.sql.sqlite_versioned import SQLiteVersionedBackend
 
     settings = SnowflakeSettings.from_url(parse_url(URL), environ={})
     with pytest.raises(ConfigError, match="retain must be at least 1"):
@@ -441,7 +436,7 @@ def test_retention_below_one_is_refused_by_both_versioned_backends(tmp_path: Pat
 
 
 async def test_both_versioned_backends_report_their_retention(tmp_path: Path) -> None:
-    from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
+    from sophia_memory.backends.sql.sqlite_versioned import SQLiteVersionedBackend
 
     with emulated_snowflake():
         backends = [open_tier(Tier.WORKFLOW, URL + "?retain=4"),

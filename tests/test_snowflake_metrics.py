@@ -21,8 +21,8 @@ pytest.importorskip("fakesnow")
 
 from sophia_memory import ManualClock, Memory, Tier
 from sophia_memory.backends import parse_url
-from sophia_memory.backends.snowflake import SnowflakeSettings
-from sophia_memory.backends.snowflake_metrics import SnowflakeMetricsSink, _nvml_figures
+from sophia_memory.backends.sql.snowflake import SnowflakeSettings
+from sophia_memory.backends.sql.snowflake_metrics import SnowflakeMetricsSink, _nvml_figures
 from sophia_memory.errors import BackendError, ConfigError
 
 from .snowflake_shim import emulated_snowflake

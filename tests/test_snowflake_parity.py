@@ -17,11 +17,12 @@ pytest.importorskip("fakesnow")
 
 from sophia_memory import ManualClock, Memory, Tier
 from sophia_memory.backends import parse_url
-from sophia_memory.backends.snowflake import MERGE_ROWS, SnowflakeBackend, open_snowflake
-from sophia_memory.backends.snowflake_vector import SnowflakeVectorBackend
-from sophia_memory.backends.snowflake_versioned import SnowflakeVersionedBackend
-from sophia_memory.backends.sqlite_vector import SQLiteVectorBackend
-from sophia_memory.backends.sqlite_versioned import SQLiteVersionedBackend
+from sophia_memory.backends.sql import open_snowflake
+from sophia_memory.backends.sql.snowflake import MERGE_ROWS, SnowflakeBackend
+from sophia_memory.backends.sql.snowflake_vector import SnowflakeVectorBackend
+from sophia_memory.backends.sql.snowflake_versioned import SnowflakeVersionedBackend
+from sophia_memory.backends.sql.sqlite_vector import SQLiteVectorBackend
+from sophia_memory.backends.sql.sqlite_versioned import SQLiteVersionedBackend
 from sophia_memory.codecs import MsgpackCodec
 from sophia_memory.config import MemoryConfig
 from sophia_memory.errors import InvalidArgumentError, VersionConflictError

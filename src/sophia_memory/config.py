@@ -25,7 +25,7 @@ from .errors import ConfigError, InvalidArgumentError
 from .pools import DEFAULT_POOLS
 from .tiers import Tier
 
-__all__ = ["DEFAULT_URLS", "MemoryConfig", "tier_of"]
+__all__ = ["DEFAULT_URLS", "MemoryConfig", "default_path", "tier_of"]
 
 #: What each tier uses when nothing names its backend. ``None``: not available.
 DEFAULT_URLS: dict[Tier, str | None] = {
@@ -38,6 +38,16 @@ DEFAULT_URLS: dict[Tier, str | None] = {
 }
 
 _OFF = ("none", "off", "disabled", "")
+
+
+def default_path() -> Path:
+    """Where the embedded database lives unless configured: ``$SOPHIA_MEMORY_PATH``, else
+    ``$XDG_DATA_HOME/sophia_memory/memory.db`` (``~/.local/share/...``)."""
+    env = os.environ.get("SOPHIA_MEMORY_PATH")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "sophia_memory" / "memory.db"
 
 
 def tier_of(value: object) -> Tier:
@@ -62,7 +72,7 @@ class MemoryConfig:
 
     #: Backend URL per tier; a tier absent here takes ``DEFAULT_URLS``; ``None`` turns it off.
     tiers: dict[Tier, str | None] = field(default_factory=dict)
-    #: The embedded SQLite file (default: ``sqlite.default_path()``).
+    #: The embedded SQLite file (default: :func:`default_path`).
     path: str | None = None
     default_tier: Tier = Tier.SESSION
     #: Named L0 pools: fractions of usable memory or sizes with units.
@@ -98,8 +108,6 @@ class MemoryConfig:
     spill_max_bytes: int = 256 * 2**20
 
     def resolved_path(self) -> Path:
-        from .backends.sqlite import default_path
-
         return Path(self.path).expanduser() if self.path else default_path()
 
     def url_for(self, tier: Tier) -> str | None:

@@ -19,8 +19,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from ._support import canonical_hash
-from .backends import Searchable, Versioned
-from .backends.hostpool import is_pool_value
+from .backends import Searchable, Versioned, is_pool_value
 from .clock import Clock, SystemClock
 from .config import MemoryConfig, tier_of
 from .engine import Engine, InProcessTier, RemoteTier, TierHandle

@@ -39,11 +39,26 @@ class TierChain:
         self.promoter = promoter
         self.codec = codec
         self.now = now
-        self.promoting = any(t.promotable for t in chain)
 
     async def lookup(self, key: str, promote: bool = True) -> Found | None:
-        """The first live hit for ``key``, fastest tier first."""
-        gen0 = self.order.gens[hash(key) & MASK]
+        """The first live hit for ``key``, fastest tier first.
+
+        The in-process tiers and the spill buffer are read in one synchronous step: a hit
+        there is the first hit at that instant. The slower tiers are read one after another,
+        so such a read is checked afterwards: it stands only if no write of the key's stripe
+        began or ended while it ran (the generation it noted first is unchanged and even);
+        otherwise it is done again holding the key, which no write can then interleave with.
+        """
+        stripe = hash(key) & MASK
+        gens = self.order.gens
+        gen0 = gens[stripe]
+        found = await self._scan(key, promote, gen0)
+        if gens[stripe] == gen0 and not gen0 & 1:
+            return found
+        async with self.order.locks[stripe]:
+            return await self._scan(key, promote, gens[stripe])
+
+    async def _scan(self, key: str, promote: bool, gen0: int) -> Found | None:
         now = self.now()
         for near in self.local:
             st = near.stats
@@ -86,7 +101,6 @@ class TierChain:
         """Values for the keys found; each tier is asked once for all keys still missing."""
         now = self.now()
         gens = self.order.gens
-        seen = {k: gens[hash(k) & MASK] for k in keys} if self.promoting else {}
         found: dict[str, Any] = {}
         remaining = list(dict.fromkeys(keys))
         for near in self.local:
@@ -117,6 +131,11 @@ class TierChain:
                 else:
                     found[k] = entry.value
             remaining = rest
+        if not remaining:
+            return found
+        # What the slower tiers answer is checked against these, as in lookup().
+        seen = {k: gens[hash(k) & MASK] for k in remaining}
+        asked = remaining
         decode = self.codec.decode
         for tier in self.remote:
             if not remaining:
@@ -153,4 +172,11 @@ class TierChain:
             tier.stats.misses += len(wanted) - live
             if live:
                 remaining = [k for k in remaining if k not in found]
+        for k in asked:
+            g = seen[k]
+            if gens[hash(k) & MASK] != g or g & 1:  # a write ran meanwhile: read it again
+                found.pop(k, None)
+                hit = await self.lookup(k)
+                if hit is not None:
+                    found[k] = hit[1]
         return found

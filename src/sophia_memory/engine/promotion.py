@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..backends.hostpool import is_pool_value
+from ..backends import is_pool_value
 from ..codecs import Codec
 from ..errors import SophiaMemoryError, TierUnavailableError, ValueTooLargeError
 from ..tiers import Record, Tier

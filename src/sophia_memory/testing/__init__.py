@@ -1,14 +1,70 @@
-"""Test helpers shipped with the package: the backend conformance suite.
+"""Test helpers shipped with the package, for third-party backends and configurations.
 
-A backend's test module subclasses :class:`BackendTests` and supplies ``make_backend``::
+* :class:`BackendTests` - the backend conformance suite. A backend's test module subclasses it
+  and supplies ``make_backend``::
 
-    class TestMyBackend(BackendTests):
-        async def make_backend(self, tmp_path):
-            return MyBackend(...)
+      class TestMyBackend(BackendTests):
+          async def make_backend(self, tmp_path):
+              return MyBackend(...)
 
-The suite needs ``pytest`` and ``pytest-asyncio`` (``asyncio_mode = "auto"``).
+* :class:`MemoryStateMachine` - a Hypothesis state machine of a whole tiered
+  :class:`~sophia_memory.Memory` against a dict model; subclass it with your own
+  ``make_memory`` (``Memory.open(...)`` over your backends).
+* :func:`check_history` and :class:`HistoryRecorder` - a linearizability checker for per-key
+  register histories and a recorder of concurrent clients of a ``Memory``.
+* :class:`GatedBackend` (``gated://name``) - an in-process backend whose calls suspend where a
+  test says (:class:`Gate`), so reads run while writes are half done.
+
+The suite needs ``pytest`` and ``pytest-asyncio`` (``asyncio_mode = "auto"``);
+:class:`MemoryStateMachine` needs ``hypothesis`` and is imported only when first used.
 """
 
-from .backend import BackendTests
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BackendTests"]
+from .backend import BackendTests
+from .gated import Gate, GatedBackend, gate, gated_data, reset_gated
+from .linearizability import (
+    ABSENT,
+    NEVER,
+    UNKNOWN,
+    CheckResult,
+    HistoryRecorder,
+    Operation,
+    RecordingClient,
+    check_history,
+    check_key,
+    concurrent_pairs,
+    timeline,
+)
+
+if TYPE_CHECKING:
+    from .memory import MemoryStateMachine
+
+__all__ = [
+    "ABSENT",
+    "NEVER",
+    "UNKNOWN",
+    "BackendTests",
+    "CheckResult",
+    "Gate",
+    "GatedBackend",
+    "HistoryRecorder",
+    "MemoryStateMachine",
+    "Operation",
+    "RecordingClient",
+    "check_history",
+    "check_key",
+    "concurrent_pairs",
+    "gate",
+    "gated_data",
+    "reset_gated",
+    "timeline",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MemoryStateMachine":  # needs hypothesis: imported on first use
+        from .memory import MemoryStateMachine
+
+        return MemoryStateMachine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,13 @@
-"""The conformance suite every backend passes (subclass :class:`BackendTests`)."""
+"""The conformance suite every backend passes (subclass :class:`BackendTests`).
+
+Every backend runs the core tests (get/put/delete/keys, the many-variants, expiry, hostile
+keys, close). A backend with an optional ability (a protocol of
+:mod:`sophia_memory.backends`) also runs that ability's tests; the others skip them, saying
+why: ``Purging`` (``purge_expired``), ``ObjectStore`` (synchronous access), ``Evicting``
+(eviction reported to the listener), ``Searchable`` (exact top-k search, namespaces,
+``min_score``, unusable vectors refused), ``Versioned`` (append, ``expected_version``
+conflicts, history, ``get_version``) and ``Invalidating`` (the listener is accepted).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +15,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from ..backends.base import Backend, Evicting, ObjectStore, Purging, Versioned
+from ..backends import (
+    Backend,
+    Evicting,
+    Invalidating,
+    ObjectStore,
+    Purging,
+    Searchable,
+    Versioned,
+)
+from ..errors import InvalidArgumentError, VersionConflictError
 from ..tiers import Record
 
 __all__ = ["BackendTests"]
@@ -30,6 +49,14 @@ class BackendTests:
 
     def same_payload(self, a: Any, b: Any) -> bool:
         return bool(a == b)
+
+    def vector(self, i: int) -> Any:
+        """A vector distinct in direction for each ``i`` (for searchable backends), of
+        dimension :attr:`vector_dim`."""
+        v = np.zeros(self.vector_dim, dtype=np.float32)
+        v[i % self.vector_dim] = 1.0
+        v[(i + 1) % self.vector_dim] = 0.5 * (1 + i // self.vector_dim)
+        return v
 
     def record(self, i: int, **kw: Any) -> Record:
         payload = self.payload(i)
@@ -177,5 +204,85 @@ class BackendTests:
         assert [r.version for r in await backend.history("v", None)] == [2, 1]
         assert [r.version for r in await backend.history("v", 1)] == [2]
 
+    async def test_version_conflicts_and_history(self, backend: Backend) -> None:
+        if not isinstance(backend, Versioned):
+            pytest.skip("backend keeps no versions")
+        assert await backend.append("v", self.record(1), 0) == 1  # 0: must not exist yet
+        with pytest.raises(VersionConflictError) as conflict:
+            await backend.append("v", self.record(2), 0)
+        assert conflict.value.current_version == 1
+        with pytest.raises(VersionConflictError) as conflict:
+            await backend.append("v", self.record(2), 5)
+        assert conflict.value.current_version == 1
+        with pytest.raises(VersionConflictError) as conflict:
+            await backend.append("new", self.record(2), 3)
+        assert conflict.value.current_version in (None, 0)
+        assert await backend.get("new", NOW) is None  # a refused append leaves nothing
+        await backend.put("v", self.record(2))  # a plain put appends too
+        assert await backend.append("v", self.record(3), 2) == 3
+        assert [r.version for r in await backend.history("v", None)] == [3, 2, 1]
+        assert [r.version for r in await backend.history("v", 2)] == [3, 2]
+        assert await backend.get_version("v", 9) is None
+        two = await backend.get_version("v", 2)
+        assert two is not None and self.same_payload(two.payload, self.payload(2))
+        assert await backend.delete("v", NOW) is True  # every version goes
+        assert await backend.history("v", None) == []
+        assert await backend.get_version("v", 1) is None
+        assert await backend.append("v", self.record(4), 0) == 1
+
+    async def _put_vectors(self, backend: Any, keys: dict[str, int]) -> None:
+        for key, i in keys.items():
+            arr = backend.prepare(self.vector(i))
+            await backend.put(key, self.record(i, extra={"embedding": arr.tobytes(),
+                                                         "dim": int(arr.size)}))
+
+    async def test_search_is_exact_and_follows_writes(self, backend: Backend) -> None:
+        if not isinstance(backend, Searchable):
+            pytest.skip("backend cannot search")
+        b: Any = backend
+        keys = {f"s{i}": i for i in range(6)}
+        await self._put_vectors(b, {**keys, "ns\x1fs0": 0})
+        queries = np.stack([b.prepare(self.vector(0)), b.prepare(self.vector(3))])
+        hits = await b.search(queries, 3, None, "", None)
+        assert [row[0][0] for row in hits] == ["s0", "s3"]
+        for row in hits:
+            assert len(row) == 3
+            scores = [score for _, score in row]
+            assert scores == sorted(scores, reverse=True)
+            assert all("\x1f" not in key for key, _ in row)  # nested namespaces left out
+        assert hits[0][0][1] == pytest.approx(1.0, abs=1e-5)
+        exact = await b.search(queries[:1], 6, None, "", 0.999)
+        assert [key for key, _ in exact[0]] == ["s0"]
+        ns = await b.search(queries[:1], 6, None, "ns\x1f", None)
+        assert [key for key, _ in ns[0]] == ["ns\x1fs0"]
+        await b.delete("s0", NOW)
+        await self._put_vectors(b, {"s1": 0})  # s1 now points where s0 did
+        hits = await b.search(queries[:1], 2, None, "", None)
+        assert hits[0][0][0] == "s1" and "s0" not in [key for key, _ in hits[0]]
+
+    async def test_search_refuses_unusable_vectors(self, backend: Backend) -> None:
+        if not isinstance(backend, Searchable):
+            pytest.skip("backend cannot search")
+        await self._put_vectors(backend, {"s0": 0})  # fixes the dimension
+        good = self.vector(1)
+        for bad in (np.full_like(good, np.nan), np.append(good, 1.0), ["a"] * good.size,
+                    good.reshape(1, -1)):
+            with pytest.raises(InvalidArgumentError):
+                backend.prepare(bad)
+
+    async def test_invalidation_listener_is_accepted(self, backend: Backend) -> None:
+        if not isinstance(backend, Invalidating):
+            pytest.skip("backend reports no invalidations")
+        reports: list[list[str] | None] = []
+        backend.set_invalidation_listener(reports.append)
+        await backend.put("k", self.record(1))
+        got = await backend.get("k", NOW)
+        assert got is not None and self.same_payload(got.payload, self.payload(1))
+        assert await backend.delete("k", NOW) is True
+        for keys in reports:  # whatever it reported so far is well formed
+            assert keys is None or all(isinstance(k, str) for k in keys)
+
     #: How many records overflow the backend ``make_backend`` returns (for evicting ones).
     eviction_items = 1000
+    #: The dimension of :meth:`vector` (for searchable backends).
+    vector_dim = 4

@@ -14,7 +14,7 @@ Keys are stored under a prefix (``?prefix=``, default ``sm:``). ``get_many`` is 
 (one per hash slot on Cluster); ``put_many`` is one ``MSET`` when no item has a TTL, else one
 non-transactional pipeline (``SET ... PX`` per item), as is ``delete_many``. Except on
 Cluster, commands are packed by hiredis and sent on the client's own pooled connections
-(:class:`_Wire`), and ``get_payloads`` reads values without building records. Driver errors
+(:class:`~._wire.Wire`), and ``get_payloads`` reads values without building records. Driver errors
 become :class:`BackendError`; the front bounds each call by ``call_timeout`` (redis-py's
 ``socket_timeout`` is off unless the URL sets it) and adds a circuit breaker (this backend is
 :class:`Remote`).
@@ -36,15 +36,16 @@ import contextlib
 import logging
 import math
 import struct
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgpack
 
-from ..errors import BackendError, ConfigError, MissingDependencyError
-from ..tiers import Record
-from .base import Backend, InvalidationListener
+from ...errors import BackendError, ConfigError, MissingDependencyError
+from ...tiers import Record
+from ..base import Backend, InvalidationListener
+from ._tracker import Tracker
+from ._wire import wire_for
 
 log = logging.getLogger("sophia_memory")
 
@@ -55,10 +56,6 @@ _MAGIC = b"SMr2"
 #: the length of the msgpack-encoded ``extra`` that follows it (0: none); then the payload.
 _HEAD = struct.Struct("<4sddqqBI")
 _EXPIRY_GRACE_MS = 60_000
-_CHANNEL = "__redis__:invalidate"
-_RETRY_MIN, _RETRY_MAX = 0.05, 2.0  # seconds between attempts to re-open the tracking link
-_HEALTH = 5.0  # seconds: an idle tracking link is pinged this often
-_PING = "sophia-memory"
 
 
 def _pack(rec: Record) -> bytes:
@@ -89,219 +86,13 @@ def _escape_glob(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-class _Tracker:
-    """The tracking link: one RESP2 connection that asks Redis to report every write under
-    ``prefix`` to itself and listens for the reports. Re-opened with backoff when it fails;
-    the listener hears None whenever the link goes down or comes (back) up."""
-
-    def __init__(self, connect: Callable[[], Any], prefix: str,
-                 listener: InvalidationListener, errors: tuple[type[BaseException], ...],
-                 refused: tuple[type[BaseException], ...]) -> None:
-        self.connect = connect
-        self.prefix = prefix.encode()
-        self.listener = listener
-        self.errors = errors
-        self.refused = refused
-        self.live = asyncio.Event()
-        self.invalidations = 0
-        self.reconnects = 0
-        self.client_id: int | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.run())
-
-    async def run(self) -> None:
-        delay = _RETRY_MIN
-        while True:
-            client = self.connect()
-            pubsub = client.pubsub()
-            try:
-                await self._subscribe(pubsub)
-                delay = _RETRY_MIN
-                heard = time.monotonic()
-                while True:
-                    msg = await pubsub.get_message(timeout=_HEALTH)
-                    if msg is None:
-                        # Silence: ask for a sign of life; a link that gives none is dead
-                        # even if its socket is still open (a partition, a lost primary).
-                        if time.monotonic() - heard > 2 * _HEALTH:
-                            raise ConnectionError("no reply on the tracking link")
-                        await pubsub.ping(_PING)
-                        continue
-                    heard = time.monotonic()
-                    if msg["type"] == "message":
-                        self._deliver(msg["data"])
-            except self.refused as exc:  # the server cannot track (e.g. too old, or a proxy)
-                log.warning("Redis refused key tracking (%s): other processes' writes will "
-                            "not invalidate this process's copies", exc)
-                return
-            except self.errors as exc:  # (the builtin ConnectionError is an OSError)
-                log.info("Redis tracking link lost (%s); re-opening", exc)
-            except Exception as exc:  # never stop tracking silently
-                log.warning("Redis tracking link failed (%r); re-opening", exc)
-            finally:
-                if self.live.is_set():
-                    self.live.clear()
-                    self.listener(None)  # whatever changed meanwhile is unknown
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                with contextlib.suppress(Exception):
-                    await client.aclose()
-            self.reconnects += 1
-            await asyncio.sleep(delay)  # real time: a reconnection cadence
-            delay = min(delay * 2, _RETRY_MAX)
-
-    async def _subscribe(self, pubsub: Any) -> None:
-        await pubsub.connect()
-        conn = pubsub.connection
-        await conn.send_command("CLIENT", "ID")
-        self.client_id = client_id = await conn.read_response()
-        await conn.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST",
-                                "PREFIX", self.prefix)
-        reply = await conn.read_response()
-        if isinstance(reply, Exception):
-            raise reply
-        await pubsub.subscribe(_CHANNEL)
-        while True:  # wait for the confirmation: from here on, no write goes unreported
-            msg = await pubsub.get_message(timeout=_HEALTH)
-            if msg is not None and msg["type"] == "subscribe":
-                break
-        self.live.set()
-        self.listener(None)  # copies made before the link was up may be stale
-
-    def _deliver(self, data: Any) -> None:
-        if data is None:  # FLUSHDB / FLUSHALL
-            self.listener(None)
-            return
-        cut = len(self.prefix)
-        keys = [raw[cut:].decode("utf-8", "surrogateescape") for raw in data
-                if raw.startswith(self.prefix)]
-        if keys:
-            self.invalidations += len(keys)
-            self.listener(keys)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-
-
-class _Wire:
-    """Commands packed by hiredis (C) and sent on the client's own pooled connections.
-
-    The same pool, connections, parser, health checks and error types as the client's calls,
-    without redis-py's per-command bookkeeping (observability hooks, retry wrapper, response
-    callbacks, pipeline stacks). A pipeline is what redis-py's is: every command packed into
-    one write, then every reply read; an error reply is raised once all replies are read.
-
-    A connection that fails or is cancelled mid-call is disconnected before it goes back to
-    the pool, so no reply is ever read by the wrong call; an error reply (read whole) keeps
-    its connection. A connection-level failure is retried once on a fresh connection, as
-    redis-py's client retries it: a connection the server dropped while idle, or a Sentinel
-    primary that was demoted (the retry asks the Sentinels again). The front's deadline
-    bounds both attempts together.
-    """
-
-    __slots__ = ("pack", "pool", "refused", "releasing", "retryable")
-
-    def __init__(self, pool: Any, pack: Callable[[tuple[Any, ...]], bytes],
-                 retryable: type[BaseException], refused: type[BaseException]) -> None:
-        self.pool = pool
-        self.pack = pack
-        self.retryable = retryable
-        self.refused = refused
-        self.releasing: set[asyncio.Task[None]] = set()
-
-    async def one(self, *args: Any) -> Any:
-        """One command's reply (bytes, not decoded)."""
-        packed = self.pack(args)
-        try:
-            return await self._send(packed, 0)
-        except self.retryable:
-            return await self._send(packed, 0)
-
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """The replies of ``commands``, sent in one write (not a transaction)."""
-        pack = self.pack
-        packed = b"".join([pack(c) for c in commands])
-        try:
-            return await self._send(packed, len(commands))  # type: ignore[no-any-return]
-        except self.retryable:
-            return await self._send(packed, len(commands))  # type: ignore[no-any-return]
-
-    async def _send(self, packed: bytes, replies: int) -> Any:
-        """Send ``packed`` and read one reply (``replies`` 0) or a list of ``replies``."""
-        pool = self.pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(packed)
-            read = conn.read_response
-            if not replies:
-                return await read(disable_decoding=True)
-            out: list[Any] = []
-            error: BaseException | None = None
-            for _ in range(replies):
-                try:
-                    out.append(await read(disable_decoding=True))
-                except self.refused as exc:  # an error reply: read whole, read on
-                    out.append(exc)
-                    error = error or exc
-            if error is not None:
-                raise error
-            return out
-        except self.refused:
-            raise  # every reply was read: the connection is in step
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            try:
-                await pool.release(conn)
-            except asyncio.CancelledError:  # cut off waiting for the pool: give it back later
-                task = asyncio.get_running_loop().create_task(self._release_later(conn))
-                self.releasing.add(task)
-                task.add_done_callback(self.releasing.discard)
-                raise
-
-    async def _release_later(self, conn: Any) -> None:
-        with contextlib.suppress(Exception):
-            await conn.disconnect(nowait=True)
-            await self.pool.release(conn)
-
-
-def _wire_for(client: Any) -> _Wire | None:
-    """A :class:`_Wire` over ``client``'s pool when that is a plain redis-py pool with hiredis
-    installed and the default key encoding; None (use the client's methods) otherwise, e.g.
-    for fakeredis or a client pinned to one connection."""
-    try:
-        import hiredis
-        from redis.asyncio import Redis
-        from redis.asyncio.connection import ConnectionPool
-        from redis.exceptions import ConnectionError as LinkError
-        from redis.exceptions import ResponseError
-    except ImportError:
-        return None
-    pool = getattr(client, "connection_pool", None)
-    if (not isinstance(client, Redis) or not isinstance(pool, ConnectionPool)
-            or getattr(client, "single_connection_client", False)
-            or not pool.connection_class.__module__.startswith("redis.")):
-        return None
-    kwargs = pool.connection_kwargs
-    if (kwargs.get("encoding", "utf-8").lower().replace("_", "-") not in ("utf-8", "utf8")
-            or kwargs.get("encoding_errors", "strict") != "strict"):
-        return None
-    return _Wire(pool, hiredis.pack_command, LinkError, ResponseError)
-
-
 class RedisBackend(Backend):
     """One Redis (a server, a Sentinel-managed primary, or a Cluster) as a tier's store.
 
     ``client`` is a ``redis.asyncio`` client (or a compatible one, e.g. fakeredis);
     ``tracking`` builds a RESP2 client to the same server for the tracking link (None: no
     invalidation of other processes' copies). ``wire`` (default: when possible) sends the
-    data commands through :class:`_Wire` instead of the client's methods; not on Cluster,
+    data commands through :class:`~._wire.Wire` instead of the client's methods; not on Cluster,
     whose client routes each key to its node.
     """
 
@@ -312,7 +103,7 @@ class RedisBackend(Backend):
                  tracking: Callable[[], Any] | None = None, sentinel: Any = None,
                  wire: bool | None = None) -> None:
         self.client = client
-        self._wire = None if cluster or wire is False else _wire_for(client)
+        self._wire = None if cluster or wire is False else wire_for(client)
         if wire and cluster:
             raise ConfigError("wire=True is not available on Redis Cluster: its client "
                               "routes each key to its node")
@@ -327,7 +118,7 @@ class RedisBackend(Backend):
         self._sentinel = sentinel
         self._mget = client.mget_nonatomic if cluster else client.mget
         self._tracking = tracking
-        self._tracker: _Tracker | None = None
+        self._tracker: Tracker | None = None
         self._track_pending = False
         try:
             from redis.exceptions import RedisError, ResponseError
@@ -338,10 +129,11 @@ class RedisBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str, prefix: str, call_timeout: float,
-                 tracking: bool = True) -> RedisBackend:
+                 tracking: bool = True, wire: bool | None = None) -> RedisBackend:
         """Connect lazily to ``url``: redis://, rediss://, unix://, ``redis+sentinel://[user:
         pw@]host:port[,host:port...]/service[/db]`` or ``redis+cluster://[user:pw@]host:port
-        [,host:port...]``."""
+        [,host:port...]``. A query string is redis-py's (plain schemes only); the factory
+        (:func:`~sophia_memory.backends.redis.open_redis`) has checked it."""
         try:
             import redis.asyncio as aioredis
         except ImportError as exc:
@@ -363,7 +155,8 @@ class RedisBackend(Backend):
             user, password = _credentials(creds)
             client: Any = RedisCluster(startup_nodes=nodes, username=user, password=password,
                                   ssl=scheme.startswith("rediss"), **timeouts)
-            return cls(client, prefix, call_timeout, f"redis cluster {where}", cluster=True)
+            return cls(client, prefix, call_timeout, f"redis cluster {where}", cluster=True,
+                       wire=wire)
         if scheme in ("redis+sentinel", "rediss+sentinel"):
             from redis.asyncio.sentinel import Sentinel
 
@@ -388,15 +181,19 @@ class RedisBackend(Backend):
                                            **{**opts, "socket_timeout": None})
 
             return cls(client, prefix, call_timeout, f"redis sentinel {where}/{service}",
-                       tracking=tracking_client if tracking else None, sentinel=sentinel)
-        client = aioredis.Redis.from_url(url, **timeouts)
+                       tracking=tracking_client if tracking else None, sentinel=sentinel,
+                       wire=wire)
+        try:
+            client = aioredis.Redis.from_url(url, **timeouts)  # lazy: nothing connects here
+        except ValueError as exc:  # a value redis-py cannot parse (e.g. db=x)
+            raise ConfigError(f"{where}: {exc}") from None
 
         def plain_tracking_client() -> Any:
             return aioredis.Redis.from_url(url, protocol=2,
                                            socket_connect_timeout=call_timeout)
 
         return cls(client, prefix, call_timeout, f"redis {where}",
-                   tracking=plain_tracking_client if tracking else None)
+                   tracking=plain_tracking_client if tracking else None, wire=wire)
 
     # -- invalidation of other processes' copies --------------------------------------------
 
@@ -409,7 +206,7 @@ class RedisBackend(Backend):
                             "it are not invalidated by other processes' writes",
                             self._description)
             return
-        self._tracker = _Tracker(self._tracking, self.prefix, listener, self._errors,
+        self._tracker = Tracker(self._tracking, self.prefix, listener, self._errors,
                                  self._refused)
         self._track_pending = True
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import ConfigError, InvalidArgumentError
-from ..tiers import Record
-from ..vector_index import VectorIndex
+from ...errors import ConfigError, InvalidArgumentError
+from ...tiers import Record
+from ...vector_index import VectorIndex
 from .sqlite import Layout, SQLiteBackend
 
 __all__ = ["VECTOR_LAYOUT", "SQLiteVectorBackend"]
@@ -42,13 +42,17 @@ class SQLiteVectorBackend(SQLiteBackend):
             raise ConfigError(f"vector metric must be cosine or ip, got {metric!r}")
         super().__init__(path, table, synchronous)
         self.metric: Metric = metric  # type: ignore[assignment]
-        stored = self._read(f"SELECT dim FROM {self._t} WHERE dim IS NOT NULL LIMIT 1", ())
-        if stored and dim is not None and stored[0][0] != dim:
-            raise ConfigError(f"table {table} holds {stored[0][0]}-dimensional vectors, "
-                              f"configured dim is {dim}")
-        self.dim: int | None = stored[0][0] if stored else dim
         self._indexes: dict[str, VectorIndex] = {}
-        self.index(self.metric)  # rebuilt on open
+        try:
+            stored = self._read(f"SELECT dim FROM {self._t} WHERE dim IS NOT NULL LIMIT 1", ())
+            if stored and dim is not None and stored[0][0] != dim:
+                raise ConfigError(f"table {table} holds {stored[0][0]}-dimensional vectors, "
+                                  f"configured dim is {dim}")
+            self.dim: int | None = stored[0][0] if stored else dim
+            self.index(self.metric)  # rebuilt on open
+        except BaseException:  # found only once the file is open: release what was opened
+            self.engine.release()
+            raise
 
     def index(self, metric: str) -> VectorIndex:
         """The index for ``metric``, built from the table on first use."""

@@ -2,9 +2,12 @@
 
 One file holds one table per tier. Per file there is one :class:`SQLiteEngine`:
 
-* **Reads** run on the caller's thread on a shared read connection: a primary-key lookup in
-  the page cache costs microseconds, far less than a hop to a worker thread. WAL mode lets
-  them proceed while the writer commits.
+* **Reads** run on the caller's thread on that thread's read connection: a primary-key lookup
+  in the page cache costs microseconds, far less than a hop to a worker thread. WAL mode lets
+  them proceed while the writer commits. One connection per thread, not one for all: a read
+  transaction belongs to a connection, so on a shared one a statement still open in one
+  thread would pin another thread's reads to an older snapshot, and a read right after that
+  thread's own committed write could miss it.
 * **Writes** go to a single writer thread that takes everything queued, runs it in one
   ``BEGIN IMMEDIATE`` transaction and commits (group commit). Each ``put`` awaits the commit
   that contains it, so it returns only once its data is in the database file's WAL: durable
@@ -13,43 +16,44 @@ One file holds one table per tier. Per file there is one :class:`SQLiteEngine`:
 
 Connections re-apply their pragmas when opened. A batch that fails is rolled back and its
 operations retried one by one, so one bad operation cannot fail its neighbours.
+
+Any number of processes and threads may open one file at once: a backend's tables, indexes and
+triggers (:class:`Schema`) are checked read-only first and, when something is missing or
+differs, set up in one ``BEGIN IMMEDIATE`` transaction that checks again under the write lock,
+retried while SQLite reports the database locked (as diskcache does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import queue
+import random
 import re
 import sqlite3
 import threading
-from collections.abc import Hashable, Iterable, Mapping
+import time
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from ..errors import BackendError, ConfigError
-from ..tiers import Record
+from ...errors import BackendError, ConfigError
+from ...tiers import Record
+from ..base import Backend
 from ._batching import Result, SharedEngine, batches, deliver
-from .base import Backend
 
-__all__ = ["SQLiteBackend", "SQLiteEngine", "default_path"]
+__all__ = ["CORTEX_LAYOUT", "DEFAULT_LAYOUT", "Layout", "SQLiteBackend", "SQLiteEngine", "Schema",
+           "check_identifier"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _BATCH_MAX = 2048
 _IN_CHUNK = 500
 _COLS = "payload, expires_at, home, size, version, created_at, extra"  # default layout
-
-
-def default_path() -> Path:
-    """Where the embedded database lives unless configured: ``$SOPHIA_MEMORY_PATH``, else
-    ``$XDG_DATA_HOME/sophia_memory/memory.db`` (``~/.local/share/...``)."""
-    env = os.environ.get("SOPHIA_MEMORY_PATH")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "sophia_memory" / "memory.db"
+#: How long opening retries while another process holds the database locked.
+_LOCKED_DEADLINE = 60.0
+_T = TypeVar("_T")
 
 
 def check_identifier(name: str) -> str:
@@ -77,6 +81,66 @@ class _Op:
 _STOP = object()
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced: the engine must close the read connections
+    still open at release without keeping a finished thread's connection alive."""
+
+
+def _retry_locked(fn: Callable[[], _T]) -> _T:
+    """``fn()``, run again while SQLite reports the database locked or busy: the busy timeout
+    does not cover every case (e.g. a file another process is still converting to WAL)."""
+    deadline = time.monotonic() + _LOCKED_DEADLINE
+    delay = 0.001
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (1.0 + random.random()))  # jitter: racing openers spread out
+        delay = min(delay * 2, 0.1)
+
+
+def _normal(sql: str | None) -> str | None:
+    return None if sql is None else " ".join(sql.split())
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What one backend needs in the file. ``creates``: ``(name, CREATE ... IF NOT EXISTS)``
+    pairs, run when the object is missing (an existing table is never altered). ``triggers``:
+    ``(name, CREATE TRIGGER ...)`` pairs kept with exactly that SQL (replaced when it differs,
+    e.g. another retention); None: the trigger must not exist."""
+
+    creates: tuple[tuple[str, str], ...]
+    triggers: tuple[tuple[str, str | None], ...] = ()
+
+    def holds(self, conn: sqlite3.Connection) -> bool:
+        """Whether the database on ``conn`` holds this schema already."""
+        names = [n for n, _ in self.creates] + [n for n, _ in self.triggers]
+        marks = ",".join("?" * len(names))
+        found = dict(conn.execute(f"SELECT name, sql FROM sqlite_master WHERE name IN ({marks})",
+                                  names).fetchall())
+        return (all(name in found for name, _ in self.creates)
+                and all(_normal(found.get(name)) == _normal(sql) for name, sql in self.triggers))
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """Create what is missing and replace triggers that differ (inside a transaction)."""
+        for _name, create in self.creates:
+            conn.execute(create)
+        for name, trigger in self.triggers:
+            row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND "
+                               "name = ?", (name,)).fetchone()
+            current = None if row is None else row[0]
+            if _normal(current) == _normal(trigger):
+                continue
+            if current is not None:
+                conn.execute(f'DROP TRIGGER "{name}"')
+            if trigger is not None:
+                conn.execute(trigger)
+
+
 class SQLiteEngine(SharedEngine):
     """One database file: a read connection, a writer thread with group commit."""
 
@@ -94,15 +158,15 @@ class SQLiteEngine(SharedEngine):
             raise ConfigError("sqlite synchronous must be 'normal' or 'full'")
         self.path = path
         self.synchronous = synchronous.upper()
+        super().__init__()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         try:
-            self.reader = self._connect()
-            self.reader.execute("PRAGMA journal_mode=WAL")
+            first = _retry_locked(self._open_reader)  # the file is in WAL mode from here on
         except sqlite3.Error as exc:
             raise BackendError(f"cannot open SQLite database {path}: {exc}") from exc
-        self._refs = 0
-        self._closed = False
-        self._pid = os.getpid()
+        self._keep_reader(first)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.commits = 0
         self.ops = 0
@@ -112,19 +176,69 @@ class SQLiteEngine(SharedEngine):
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=30.0)
+                               timeout=30.0, factory=_Connection)
         for pragma in (f"synchronous={self.synchronous}", "busy_timeout=30000",
                        "temp_store=MEMORY", "cache_size=-65536", "mmap_size=268435456",
                        "foreign_keys=OFF"):
             conn.execute(f"PRAGMA {pragma}")
         return conn
 
-    def execute_script(self, script: str) -> None:
-        """Run DDL on the read connection (at open time, before any write is queued)."""
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
         try:
-            self.reader.executescript(script)
+            conn.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _keep_reader(self, conn: sqlite3.Connection) -> None:
+        self._local.conn = conn
+        self._readers.add(conn)
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """The calling thread's read connection (opened on its first read; closed when the
+        thread ends or the engine is released)."""
+        try:
+            conn: sqlite3.Connection = self._local.conn
+        except AttributeError:
+            if self._closed:
+                raise BackendError("the SQLite engine is closed") from None
+            try:
+                conn = _retry_locked(self._connect)
+            except sqlite3.Error as exc:
+                raise BackendError(f"cannot open SQLite database {self.path}: {exc}") from exc
+            self._keep_reader(conn)
+        return conn
+
+    def ensure_schema(self, schema: Schema) -> None:
+        """Make the file hold ``schema`` (at open time, before any write is queued). Checked
+        on the read connection first, taking no lock: the common case. Otherwise applied in
+        one ``BEGIN IMMEDIATE`` transaction on a connection of its own, checked again under
+        the write lock, so concurrent openers of one file, in any processes and threads, all
+        succeed."""
+
+        def apply() -> None:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if not schema.holds(conn):
+                        schema.apply(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.close()
+
+        try:
+            if not _retry_locked(lambda: schema.holds(self.reader)):
+                _retry_locked(apply)
         except sqlite3.Error as exc:
-            raise BackendError(f"SQLite schema change failed: {exc}") from exc
+            raise BackendError(f"SQLite schema set-up in {self.path} failed: {exc}") from exc
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -133,8 +247,10 @@ class SQLiteEngine(SharedEngine):
         """Queue one write for the next group commit; the future resolves after the commit.
         ``group``: the result is not needed, so it may share an executemany with its
         neighbours."""
-        if self._closed:
-            raise BackendError("the SQLite engine is closed")
+        if self._closed or self.foreign:
+            raise BackendError("the SQLite engine is closed" if self._closed else
+                               f"the SQLite engine of {self.path} belongs to process {self.pid} "
+                               "(this process was forked from it): open the memory again here")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put(_Op(sql, params, fut, many=many, fetch=fetch, group=group))
         return fut
@@ -206,7 +322,8 @@ class SQLiteEngine(SharedEngine):
             return
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
-        self.reader.close()
+        for conn in list(self._readers):
+            conn.close()
 
 
 @dataclass(frozen=True)
@@ -226,9 +343,9 @@ class Layout:
         meta = "".join(f", {name}" for name, _ in self.meta)
         return f"{self.value}, expires_at, home, size, version, created_at, extra{meta}"
 
-    def ddl(self, table: str) -> str:
+    def schema(self, table: str) -> Schema:
         meta = "".join(f",\n    {name} {sqltype}" for name, sqltype in self.meta)
-        return f"""
+        return Schema(creates=((table, f"""
             CREATE TABLE IF NOT EXISTS "{table}" (
                 {self.key} TEXT NOT NULL UNIQUE,
                 {self.value} BLOB NOT NULL,
@@ -238,10 +355,13 @@ class Layout:
                 version INTEGER NOT NULL DEFAULT 0,
                 created_at REAL NOT NULL,
                 extra TEXT{meta}
-            );
-            CREATE INDEX IF NOT EXISTS "{table}_expires" ON "{table}"(expires_at)
-                WHERE expires_at IS NOT NULL;
-        """
+            )"""), expires_index(table)))
+
+
+def expires_index(table: str) -> tuple[str, str]:
+    """The partial index on ``expires_at`` every tier table has (purges use it)."""
+    return (f"{table}_expires", f'CREATE INDEX IF NOT EXISTS "{table}_expires" ON "{table}"'
+                                "(expires_at) WHERE expires_at IS NOT NULL")
 
 
 DEFAULT_LAYOUT = Layout()
@@ -282,7 +402,7 @@ class SQLiteBackend(Backend):
             raise ConfigError("sqlite needs a file path (use memory:// for an in-process tier)")
         self.engine = SQLiteEngine.acquire(path, synchronous)
         try:
-            self._create_table(table)
+            self.engine.ensure_schema(self._schema(table))
         except BaseException:
             self.engine.release()
             raise
@@ -304,8 +424,9 @@ class SQLiteBackend(Backend):
         self._sql_purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
         self._t = t
 
-    def _create_table(self, table: str) -> None:
-        self.engine.execute_script(self.layout.ddl(table))
+    def _schema(self, table: str) -> Schema:
+        """The tables, indexes and triggers this backend needs."""
+        return self.layout.schema(table)
 
     def _read(self, sql: str, params: Any) -> list[Any]:
         try:

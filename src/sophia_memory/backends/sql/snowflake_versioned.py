@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..errors import BackendError, VersionConflictError
-from ..tiers import Record
-from .base import RetainedVersions
+from ...errors import BackendError, VersionConflictError
+from ...tiers import Record
+from ..base import RetainedVersions
 from .snowflake import SnowflakeBackend, SnowflakeSettings, _chunks
 
 __all__ = ["SnowflakeVersionedBackend"]

@@ -33,8 +33,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..errors import BackendError, ConfigError
-from .snowflake import SnowflakeSettings, check_identifier
+from ...errors import BackendError, ConfigError
+from .._url import parse_url
+from .snowflake import SETTINGS_OPTIONS, SnowflakeSettings, check_identifier
 from .snowflake_engine import SnowflakeEngine, driver
 
 __all__ = ["SnowflakeMetricsSink"]
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 POOLS_TABLE = "GPU_MEMORY_POOLS"
 METRICS_TABLE = "GPU_PERFORMANCE_METRICS"
 _GIB = float(1 << 30)
+#: The options of the sink's ``snowflake://`` URL.
+METRICS_OPTIONS = (*SETTINGS_OPTIONS, "timeout")
 
 
 class _HasStats(Protocol):
@@ -155,21 +158,11 @@ class SnowflakeMetricsSink:
 
     @staticmethod
     def _parse(url: str, timeout: float) -> tuple[SnowflakeSettings, float]:
-        from . import parse_url
-
         parsed = parse_url(url)
         if parsed.scheme != "snowflake":
             raise ConfigError(f"{parsed.redacted()}: the metrics sink needs a snowflake:// URL")
-        opt = parsed.options
-        try:
-            timeout = float(opt.pop("timeout", timeout))
-        except ValueError:
-            raise ConfigError(f"{parsed.redacted()}: timeout must be a number of seconds") \
-                from None
-        settings = SnowflakeSettings.from_url(parsed)
-        if opt:
-            raise ConfigError(f"{parsed.redacted()}: unknown option(s) {', '.join(sorted(opt))}")
-        return settings, timeout
+        parsed.check(METRICS_OPTIONS, "the metrics sink")
+        return SnowflakeSettings.from_url(parsed), parsed.seconds("timeout", timeout)
 
     # -- DDL --------------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """L0 pools in GPU memory through CuPy (``cupy://<device>``).
 
 The pool logic (budgets, per-pool LRU, out-of-memory -> evict -> free -> retry, spill) is
-:class:`~sophia_memory.backends.hostpool.PoolBackend`, the same code the host pools run; this
-module adds only the allocator:
+:class:`~.hostpool.PoolBackend`, the same code the host pools run; this module adds only the
+allocator:
 
 * one ``cupy.cuda.MemoryPool`` per named pool, hard-limited with ``set_limit(size=budget)``;
   every allocation of an item runs under ``cupy.cuda.using_allocator(pool.malloc)``, so a full
@@ -13,7 +13,7 @@ module adds only the allocator:
   memory is the pool's (no copy); dtypes CuPy lacks (bfloat16, float8) are moved as integers
   of the same width and viewed back;
 * ``get`` of a resident item returns the device array itself (CuPy for NumPy and CuPy input);
-  :func:`~sophia_memory.backends.hostpool.to_host` makes an explicit host copy;
+  :func:`~.hostpool.to_host` makes an explicit host copy;
 * an evicted home item leaves the pool before it spills: NumPy input spills as NumPy, torch as
   a CPU tensor, CuPy as a CuPy array outside the pools.
 
@@ -34,10 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._arrays import array_kind, to_numpy
-from ..errors import ConfigError
-from ..gpu import detect_gpu
-from ..pools import device_memory, format_bytes, plan_pools
+from ..._arrays import array_kind, to_numpy
+from ...gpu import detect_gpu
+from ...pools import device_memory, format_bytes, plan_pools
 from .hostpool import (
     Allocation,
     HostPoolBackend,
@@ -45,13 +44,14 @@ from .hostpool import (
     PoolBackend,
     PoolOutOfMemory,
     data_bytes,
+    default_pool_of,
 )
 
 if TYPE_CHECKING:
-    from ..config import MemoryConfig
-    from . import Backend, BackendURL
+    from ...config import MemoryConfig
+    from ..base import Backend
 
-__all__ = ["CupyAllocator", "CupyPoolBackend", "open_cupy"]
+__all__ = ["CupyAllocator", "CupyPoolBackend", "open_gpu_pools"]
 
 log = logging.getLogger("sophia_memory")
 
@@ -187,20 +187,15 @@ class CupyPoolBackend(PoolBackend):
     scheme = "cupy"
 
 
-def open_cupy(url: BackendURL, config: MemoryConfig) -> Backend:
-    """The backend for ``cupy://<device>``: GPU pools, or host pools (one warning) when no
-    usable GPU is found. Pools that do not fit the device raise :class:`ConfigError`."""
-    spec = url.netloc or url.path.strip("/") or "0"
-    try:
-        device = int(spec)
-    except ValueError:
-        raise ConfigError(f"{url.redacted()}: expected cupy://<device index>, e.g. cupy://0") \
-            from None
-    default_pool = url.options.pop("default_pool", None)
+def open_gpu_pools(device: int, default_pool: str | None, config: MemoryConfig) -> Backend:
+    """The L0 pools on GPU ``device`` (``default_pool`` already checked against the configured
+    pools), or host pools (one warning) when no usable GPU is found. Pools that do not fit the
+    device raise :class:`ConfigError`."""
     info = detect_gpu(device)
     if info.available and info.total_bytes:
         where = (f"{info.name} (cuda:{device}, {format_bytes(info.total_bytes)} reported)")
         budgets = plan_pools(config.gpu_pools, info.total_bytes, config.gpu_reserve, where)
+        default_pool_of(budgets, default_pool)  # before CuPy allocates anything
         try:
             allocator = CupyAllocator(device, budgets)
         except Exception as exc:  # never fail because of CuPy: the host pools serve

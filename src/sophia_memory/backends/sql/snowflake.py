@@ -27,8 +27,9 @@ bound as a parameter (``qmark``). The only text built into SQL besides identifie
 (``LIMIT``, a vector dimension). Single ``put`` calls are group-committed into one ``MERGE``,
 ``put_many`` goes through a session-scoped staging table (``write_pandas``) and one ``MERGE``
 (small batches use a bound ``MERGE`` directly), ``get_many`` is one query. See
-:mod:`.snowflake_engine` for threads and connections; the front guards this backend with a
-timeout and a circuit breaker (it is :class:`~.base.Remote`).
+:mod:`.snowflake_engine` for threads and connections, and
+:func:`~sophia_memory.backends.sql.open_snowflake` for the URL's options; the front guards this
+backend with a timeout and a circuit breaker (it is :class:`~sophia_memory.backends.base.Remote`).
 
 Credentials come from the URL or from ``SNOWFLAKE_ACCOUNT``, ``SNOWFLAKE_USER``,
 ``SNOWFLAKE_PASSWORD``, ``SNOWFLAKE_PRIVATE_KEY_PATH`` (+ ``SNOWFLAKE_PRIVATE_KEY_PASSPHRASE``)
@@ -50,18 +51,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from ..errors import BackendError, ConfigError, DecodeError, ValueTooLargeError
-from ..tiers import Record
-from .base import Backend
+from ...errors import BackendError, ConfigError, DecodeError, ValueTooLargeError
+from ...tiers import Record
+from ..base import Backend
 from .snowflake_engine import SnowflakeEngine, driver
 
 if TYPE_CHECKING:
-    from ..config import MemoryConfig
-    from ..tiers import Tier
-    from . import BackendURL
+    from .._url import BackendURL
 
 __all__ = ["CORTEX_LAYOUT", "DEFAULT_LAYOUT", "Column", "Layout", "SnowflakeBackend",
-           "SnowflakeSettings", "check_identifier", "open_snowflake"]
+           "SnowflakeSettings", "check_identifier"]
 
 DEFAULT_SCHEMA = "SOPHIA_AI_MEMORY"
 DEFAULT_TABLES = {"CORTEX": "CORTEX_CACHE_ENHANCED", "PERSISTENT": "PERSISTENT_MEMORY",
@@ -76,6 +75,9 @@ IN_CHUNK = 1000
 VARIANT_MAX = 1 << 20
 #: Snowflake's default maximum for a BINARY value (8 MiB).
 BINARY_MAX = 8 << 20
+#: The URL options :meth:`SnowflakeSettings.from_url` reads (where and how to connect).
+SETTINGS_OPTIONS = ("authenticator", "create", "login_timeout", "private_key_file", "readers",
+                    "role", "warehouse")
 
 
 def check_identifier(name: str, what: str = "identifier") -> str:
@@ -163,8 +165,9 @@ class SnowflakeSettings:
     @classmethod
     def from_url(cls, url: BackendURL, environ: Mapping[str, str] | None = None,
                  ) -> SnowflakeSettings:
-        """Parse ``snowflake://[user[:password]@]account[/DB[/SCHEMA]]?options``; whatever the
-        URL leaves out is read from ``SNOWFLAKE_*``. Pops the options it uses."""
+        """Parse ``snowflake://[user[:password]@]account[/DB[/SCHEMA]]?options`` (the
+        connection options: :data:`SETTINGS_OPTIONS`; the caller checks that there are no
+        others); whatever the URL leaves out is read from ``SNOWFLAKE_*``."""
         env = os.environ if environ is None else environ
         creds, _, host = url.netloc.rpartition("@")
         user, _, password = creds.partition(":")
@@ -172,30 +175,23 @@ class SnowflakeSettings:
         parts = [p for p in url.path.split("/") if p]
         if len(parts) > 2:
             raise ConfigError(f"{url.redacted()}: the path is /DATABASE[/SCHEMA]")
-        opt = url.options
-        try:
-            readers = int(opt.pop("readers", "4"))
-            login_timeout = int(opt.pop("login_timeout", "30"))
-        except ValueError:
-            raise ConfigError(f"{url.redacted()}: readers and login_timeout are integers") \
-                from None
-        create = opt.pop("create", "1")
-        if create not in ("0", "1"):
-            raise ConfigError(f"{url.redacted()}: create must be 0 or 1")
+        readers = url.count("readers", 4)
+        login_timeout = url.count("login_timeout", 30)
+        create = url.flag("create", True)
         return cls(
             account=account or env.get("SNOWFLAKE_ACCOUNT", ""),
             user=unquote(user) or env.get("SNOWFLAKE_USER", ""),
             password=unquote(password) or env.get("SNOWFLAKE_PASSWORD") or None,
             database=parts[0] if parts else env.get("SNOWFLAKE_DATABASE", ""),
             schema=parts[1] if len(parts) > 1 else env.get("SNOWFLAKE_SCHEMA", DEFAULT_SCHEMA),
-            private_key_file=opt.pop("private_key_file", None)
+            private_key_file=url.text_or_none("private_key_file")
             or env.get("SNOWFLAKE_PRIVATE_KEY_PATH") or None,
             private_key_passphrase=env.get("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE") or None,
-            warehouse=opt.pop("warehouse", None) or env.get("SNOWFLAKE_WAREHOUSE") or None,
-            role=opt.pop("role", None) or env.get("SNOWFLAKE_ROLE") or None,
-            authenticator=opt.pop("authenticator", None)
+            warehouse=url.text_or_none("warehouse") or env.get("SNOWFLAKE_WAREHOUSE") or None,
+            role=url.text_or_none("role") or env.get("SNOWFLAKE_ROLE") or None,
+            authenticator=url.text_or_none("authenticator")
             or env.get("SNOWFLAKE_AUTHENTICATOR") or None,
-            create=create == "1", readers=readers, login_timeout=login_timeout,
+            create=create, readers=readers, login_timeout=login_timeout,
         )
 
 
@@ -279,7 +275,7 @@ def json_form(payload: bytes) -> str | None:
     (default msgpack codec or JSON codec), else None. Decoding never runs code."""
     if not payload or len(payload) > VARIANT_MAX or payload[0] not in (0x01, 0x02):
         return None
-    from ..codecs import JsonCodec, MsgpackCodec
+    from ...codecs import JsonCodec, MsgpackCodec
 
     try:
         value = (MsgpackCodec() if payload[0] == 0x01 else JsonCodec()).decode(payload)
@@ -580,53 +576,3 @@ class SnowflakeBackend(Backend):
 def _chunks(keys: list[str]) -> Iterable[list[str]]:
     for i in range(0, len(keys), IN_CHUNK):
         yield keys[i : i + IN_CHUNK]
-
-
-# -- factory ----------------------------------------------------------------------------------
-
-
-def open_snowflake(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
-    """The backend for ``tier`` that ``snowflake://`` ``url`` names (options: ``table``,
-    ``warehouse``, ``role``, ``timeout``, ``statement_timeout``, ``create``, ``readers``,
-    ``variant``, ``private_key_file``, ``authenticator``, ``login_timeout``; for VECTOR
-    ``dim`` and ``metric``; for WORKFLOW ``retain``)."""
-    if tier.name not in DEFAULT_TABLES:
-        raise ConfigError(f"the Snowflake backend serves CORTEX, PERSISTENT, VECTOR and "
-                          f"WORKFLOW, not {tier}")
-    opt = url.options
-    table = opt.pop("table", DEFAULT_TABLES[tier.name])
-    check_identifier(table, "table name")
-    try:
-        call_timeout = float(opt.pop("timeout", config.call_timeout))
-        statement_timeout = url.pop_int("statement_timeout", None)
-    except ValueError:
-        raise ConfigError(f"{url.redacted()}: timeout must be a number of seconds") from None
-    if not call_timeout > 0:
-        raise ConfigError(f"{url.redacted()}: timeout must be > 0")
-    variant = opt.pop("variant", "1")
-    if variant not in ("0", "1"):
-        raise ConfigError(f"{url.redacted()}: variant must be 0 or 1")
-    settings = SnowflakeSettings.from_url(url)
-    kw: dict[str, Any] = {"call_timeout": call_timeout, "variant": variant == "1",
-                          "statement_timeout": statement_timeout}
-    retain = dim = None
-    metric = config.vector_metric
-    if tier.name == "WORKFLOW":
-        retain = url.pop_int("retain", config.workflow_retain)  # checked by the backend
-    elif tier.name == "VECTOR":
-        dim = url.pop_int("dim", config.vector_dim)
-        metric = opt.pop("metric", metric)
-        if metric not in ("cosine", "ip"):
-            raise ConfigError(f"vector metric must be cosine or ip, got {metric!r}")
-    if opt:  # refused here, before a backend (and its threads) exists to leak
-        raise ConfigError(f"{url.redacted()}: unknown option(s) {', '.join(sorted(opt))}")
-    if tier.name == "WORKFLOW":
-        from .snowflake_versioned import SnowflakeVersionedBackend
-
-        return SnowflakeVersionedBackend(settings, table, retain=retain, **kw)
-    if tier.name == "VECTOR":
-        from .snowflake_vector import SnowflakeVectorBackend
-
-        return SnowflakeVectorBackend(settings, table, dim=dim, metric=metric, **kw)
-    layout = CORTEX_LAYOUT if tier.name == "CORTEX" else DEFAULT_LAYOUT
-    return SnowflakeBackend(settings, table, layout=layout, **kw)

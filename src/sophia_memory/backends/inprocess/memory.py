@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..policies import BoundedStore, EvictionListener, policy_from_name
-from ..tiers import Record
-from .base import Backend
+from ...policies import BoundedStore, EvictionListener, policy_from_name
+from ...tiers import Record
+from ..base import Backend
 
 __all__ = ["MemoryBackend"]
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Protocol
 
-from ..errors import BackendError, MissingDependencyError
+from ...errors import BackendError, MissingDependencyError
 from ._batching import Result, SharedEngine, batches, deliver
 
 __all__ = ["MergeTarget", "SnowflakeEngine", "driver"]
@@ -87,8 +87,7 @@ class SnowflakeEngine(SharedEngine):
         self._connect = connect
         self.statement_timeout = statement_timeout
         self.readers = max(1, readers)
-        self._refs = 0
-        self._closed = False
+        super().__init__()
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._opened: list[Any] = []
         self._opened_lock = threading.Lock()
@@ -179,6 +178,12 @@ class SnowflakeEngine(SharedEngine):
         if not ok:
             raise BackendError(f"Snowflake bulk load into {table} reported failure")
 
+    def _gone(self) -> BackendError:
+        if self.foreign:
+            return BackendError(f"this Snowflake engine belongs to process {self.pid} (this "
+                                "process was forked from it): open the memory again here")
+        return BackendError("the Snowflake engine is closed")
+
     # -- reads ------------------------------------------------------------------------------------
 
     def _read_task(self, fn: Callable[[Any], Any]) -> Any:
@@ -205,8 +210,8 @@ class SnowflakeEngine(SharedEngine):
 
     async def read(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(cursor)`` on a pooled connection in a reader thread."""
-        if self._closed:
-            raise BackendError("the Snowflake engine is closed")
+        if self._closed or self.foreign:
+            raise self._gone()
         try:
             fut = asyncio.get_running_loop().run_in_executor(self._pool, self._read_task, fn)
         except RuntimeError as exc:  # the pool was shut down after the check above
@@ -219,8 +224,8 @@ class SnowflakeEngine(SharedEngine):
                 rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         with self._submit_lock:
-            if self._closed or self._writer_done:
-                raise BackendError("the Snowflake engine is closed")
+            if self._closed or self._writer_done or self.foreign:
+                raise self._gone()
             self._queue.put(_Op(fut, fn, target, rows))
         return fut
 

@@ -16,7 +16,8 @@ cached blocks and retries; when the pool is empty and it still fails, ``put`` ra
 :class:`HostAllocator` (``host://``, the default and the fallback without a GPU) keeps NumPy
 copies and accounts them the way a CuPy memory pool does (512-byte blocks against a hard
 limit), so the whole pool logic, out-of-memory retry included, runs and is tested without a
-GPU. The CuPy allocator (``cupy://0``) lives in :mod:`.gpupool`.
+GPU. The CuPy allocator (``cupy://0``) lives in :mod:`.gpupool`; the URL factories in
+:mod:`sophia_memory.backends.pools`.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from .._arrays import array_kind, is_array_dict, nbytes
-from ..errors import ConfigError, UnsupportedValueError, ValueTooLargeError
-from ..policies import BoundedStore, EvictionListener, LRUPolicy
-from ..pools import format_bytes
-from ..tiers import Record
-from .base import Backend
+from ..._arrays import array_kind, is_array_dict, nbytes
+from ...errors import ConfigError, UnsupportedValueError, ValueTooLargeError
+from ...policies import BoundedStore, EvictionListener, LRUPolicy
+from ...pools import format_bytes
+from ...tiers import Record
+from ..base import Backend
 
 __all__ = ["Allocation", "HostAllocator", "HostPoolBackend", "PoolAllocator", "PoolBackend",
-           "PoolOutOfMemory", "copy_array_value", "is_pool_value", "to_host"]
+           "PoolOutOfMemory", "copy_array_value", "default_pool_of", "is_pool_value", "to_host"]
 
 
 def copy_array_value(value: Any) -> Any:
@@ -89,6 +90,20 @@ def data_bytes(value: Any) -> int:
     return 0 if kind is None or kind == "npscalar" else nbytes(value, kind)
 
 
+def default_pool_of(budgets: Mapping[str, int], default_pool: str | None) -> str:
+    """The pool items go to unless they name one: ``default_pool``, else ``inference_cache``
+    when configured, else the first pool. ConfigError when ``default_pool`` is not a pool
+    (checked by the factories before an allocator exists)."""
+    if not budgets:
+        raise ConfigError("L0 needs at least one pool")
+    name = default_pool or ("inference_cache" if "inference_cache" in budgets
+                            else next(iter(budgets)))
+    if name not in budgets:
+        raise ConfigError(f"default pool {name!r} is not configured; "
+                          f"pools: {', '.join(budgets)}")
+    return name
+
+
 class PoolOutOfMemory(Exception):
     """An allocator refused an allocation in a pool (it never leaves the backend)."""
 
@@ -111,7 +126,7 @@ class Allocation:
 
 class PoolAllocator(ABC):
     """Owns the memory of named pools. Implementations: :class:`HostAllocator`, and
-    :class:`~sophia_memory.backends.gpupool.CupyAllocator`."""
+    :class:`~.gpupool.CupyAllocator`."""
 
     #: Shown in stats and ``doctor``: ``host`` or ``cuda:0 (NVIDIA H100 80GB HBM3)``.
     device: str = "host"
@@ -206,17 +221,11 @@ class PoolBackend(Backend):
 
     def __init__(self, budgets: Mapping[str, int], allocator: PoolAllocator,
                  default_pool: str | None = None) -> None:
-        if not budgets:
-            raise ConfigError("L0 needs at least one pool")
+        self.default_pool = default_pool_of(budgets, default_pool)
         self.budgets = dict(budgets)
         self.allocator = allocator
         self.pools = {name: BoundedStore(None, size, LRUPolicy()) for name, size in
                       budgets.items()}
-        self.default_pool = default_pool or (
-            "inference_cache" if "inference_cache" in budgets else next(iter(budgets)))
-        if self.default_pool not in self.pools:
-            raise ConfigError(f"default pool {self.default_pool!r} is not configured; "
-                              f"pools: {', '.join(self.pools)}")
         self._held: dict[str, tuple[str, Allocation]] = {}
         self._counters = {name: _Counters() for name in budgets}
         self._listener: EvictionListener | None = None

@@ -26,9 +26,9 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
-from ..tiers import Record
-from ..vector_index import NS_SEP
+from ...errors import InvalidArgumentError
+from ...tiers import Record
+from ...vector_index import NS_SEP
 from .snowflake import Column, Layout, SnowflakeBackend, SnowflakeSettings
 from .sqlite_vector import SQLiteVectorBackend
 

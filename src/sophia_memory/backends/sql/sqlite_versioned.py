@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, VersionConflictError
-from ..tiers import Record
-from .base import RetainedVersions
-from .sqlite import _COLS, SQLiteBackend, _row_to_record
+from ...errors import BackendError, VersionConflictError
+from ...tiers import Record
+from ..base import RetainedVersions
+from .sqlite import _COLS, Schema, SQLiteBackend, _row_to_record, expires_index
 
 __all__ = ["SQLiteVersionedBackend"]
 
@@ -52,9 +52,16 @@ class SQLiteVersionedBackend(RetainedVersions, SQLiteBackend):
                                 f"{latest} AND expires_at IS NOT NULL AND expires_at <= ?)")
         self._latest = latest
 
-    def _create_table(self, table: str) -> None:
+    def _schema(self, table: str) -> Schema:
         t = f'"{table}"'
-        self.engine.execute_script(f"""
+        # One statement, created with exactly this text: a reopen with the same retention
+        # finds it in place (and takes no write lock); another retention replaces it inside
+        # the set-up transaction.
+        trigger = None if self.retain is None else (
+            f'CREATE TRIGGER "{table}_retain" AFTER INSERT ON {t} BEGIN '
+            f"DELETE FROM {t} WHERE key = NEW.key AND version <= NEW.version - {self.retain}; "
+            "END")
+        return Schema(creates=((table, f"""
             CREATE TABLE IF NOT EXISTS {t} (
                 key TEXT NOT NULL,
                 version INTEGER NOT NULL,
@@ -65,17 +72,7 @@ class SQLiteVersionedBackend(RetainedVersions, SQLiteBackend):
                 created_at REAL NOT NULL,
                 extra TEXT,
                 UNIQUE (key, version)
-            );
-            CREATE INDEX IF NOT EXISTS "{table}_expires" ON {t}(expires_at)
-                WHERE expires_at IS NOT NULL;
-            DROP TRIGGER IF EXISTS "{table}_retain";
-        """)
-        if self.retain is not None:
-            self.engine.execute_script(f"""
-                CREATE TRIGGER "{table}_retain" AFTER INSERT ON {t} BEGIN
-                    DELETE FROM {t} WHERE key = NEW.key AND version <= NEW.version - {self.retain};
-                END;
-            """)
+            )"""), expires_index(table)), triggers=((f"{table}_retain", trigger),))
 
     def _insert_params(self, key: str, r: Record) -> tuple[Any, ...]:
         params = self._params(key, r)
