@@ -39,6 +39,7 @@ class TierChain:
         self.promoter = promoter
         self.codec = codec
         self.now = now
+        self.promoting = any(t.promotable for t in chain)
 
     async def lookup(self, key: str, promote: bool = True) -> Found | None:
         """The first live hit for ``key``, fastest tier first.
@@ -133,9 +134,31 @@ class TierChain:
             remaining = rest
         if not remaining:
             return found
-        # What the slower tiers answer is checked against these, as in lookup().
-        seen = {k: gens[hash(k) & MASK] for k in remaining}
-        asked = remaining
+        # What the slower tiers answer is checked as in lookup(), per key against the
+        # generations noted here; when no write was in progress anywhere and none began or
+        # ended meanwhile (the order's epoch), there is nothing to check.
+        order = self.order
+        epoch, quiet = order.epoch, not order.active
+        seen = None if quiet and not self.promoting else \
+            {k: gens[hash(k) & MASK] for k in remaining}
+        await self._remote_many(remaining, found, now, seen)
+        if quiet and order.epoch == epoch:
+            return found
+        if seen is None:
+            redo = remaining
+        else:
+            redo = [k for k in remaining if gens[hash(k) & MASK] != seen[k] or seen[k] & 1]
+        if redo:  # a write ran meanwhile: read these again holding them
+            for k in redo:
+                found.pop(k, None)
+            async with order.holding(redo):
+                await self._remote_many(redo, found, self.now(), None)
+        return found
+
+    async def _remote_many(self, remaining: list[str], found: dict[str, Any], now: float,
+                           seen: dict[str, int] | None) -> None:
+        """The slower tiers' part of lookup_many: hits go into ``found``; a hit is promoted
+        only with a generation noted in ``seen``."""
         decode = self.codec.decode
         for tier in self.remote:
             if not remaining:
@@ -143,12 +166,12 @@ class TierChain:
             wanted = [k for k in remaining if k not in tier.stale] if tier.stale else remaining
             if not wanted:
                 continue
-            promote = tier.promotable
+            promote = seen if tier.promotable else None
             t0 = time.perf_counter()
             live = 0
             try:
                 bare = tier.bare
-                if bare is not None and not promote:
+                if bare is not None and promote is None:
                     # bare payloads where nothing but the values is needed
                     payloads = await tier.get_payloads(bare, wanted, now)
                     for k, payload in payloads.items():
@@ -163,8 +186,8 @@ class TierChain:
                         value = decode(rec.payload)
                         found[k] = value
                         live += 1
-                        if promote and not seen[k] & 1:
-                            self.promoter.schedule(k, value, rec, tier, seen[k])
+                        if promote is not None and not promote[k] & 1:
+                            self.promoter.schedule(k, value, rec, tier, promote[k])
             except TierUnavailableError:
                 continue
             tier.stats.latencies.append(time.perf_counter() - t0)
@@ -172,11 +195,3 @@ class TierChain:
             tier.stats.misses += len(wanted) - live
             if live:
                 remaining = [k for k in remaining if k not in found]
-        for k in asked:
-            g = seen[k]
-            if gens[hash(k) & MASK] != g or g & 1:  # a write ran meanwhile: read it again
-                found.pop(k, None)
-                hit = await self.lookup(k)
-                if hit is not None:
-                    found[k] = hit[1]
-        return found

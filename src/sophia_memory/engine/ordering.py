@@ -23,11 +23,15 @@ MASK = STRIPES - 1
 class KeyOrder:
     """The locks and generations of all keys, in :data:`STRIPES` stripes."""
 
-    __slots__ = ("gens", "locks")
+    __slots__ = ("active", "epoch", "gens", "locks")
 
     def __init__(self) -> None:
         self.locks = [asyncio.Lock() for _ in range(STRIPES)]
         self.gens = [0] * STRIPES
+        #: Moves on whenever any write begins or ends (or another process reports writes):
+        #: a reader that saw it unchanged with no write ``active`` met no write at all.
+        self.epoch = 0
+        self.active = 0
 
     @staticmethod
     def stripe(key: str) -> int:
@@ -41,9 +45,15 @@ class KeyOrder:
         writers never deadlock) with their generations odd."""
         return _Writing(self, keys)
 
+    def holding(self, keys: Iterable[str]) -> _Holding:
+        """``async with order.holding(keys):`` holds the keys' stripes without marking a
+        write (for a read that must not interleave with one)."""
+        return _Holding(self, keys)
+
     def moved(self, keys: Iterable[str] | None) -> None:
         """Another process changed ``keys`` (None: any key): their generations move on by
         two, keeping a writer's parity, so no promotion of an earlier read lands."""
+        self.epoch += 1
         gens = self.gens
         if keys is None:
             for i in range(STRIPES):
@@ -56,7 +66,7 @@ class KeyOrder:
         return {"stripes": STRIPES, "locked": sum(lock.locked() for lock in self.locks)}
 
 
-class _Writing:
+class _Holding:
     __slots__ = ("order", "stripes")
 
     def __init__(self, order: KeyOrder, keys: Iterable[str]) -> None:
@@ -76,12 +86,30 @@ class _Writing:
             for s in self.stripes[:taken]:
                 locks[s].release()
             raise
-        gens = self.order.gens
-        for s in self.stripes:
-            gens[s] += 1
 
     async def __aexit__(self, *exc: object) -> None:
-        gens, locks = self.order.gens, self.order.locks
+        locks = self.order.locks
+        for s in self.stripes:
+            locks[s].release()
+
+
+class _Writing(_Holding):
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        await super().__aenter__()
+        order = self.order
+        gens = order.gens
         for s in self.stripes:
             gens[s] += 1
-            locks[s].release()
+        order.epoch += 1
+        order.active += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        order = self.order
+        gens = order.gens
+        for s in self.stripes:
+            gens[s] += 1
+        order.epoch += 1
+        order.active -= 1
+        await super().__aexit__()

@@ -65,8 +65,8 @@ __all__ = ["CORTEX_LAYOUT", "DEFAULT_LAYOUT", "Column", "Layout", "SnowflakeBack
 DEFAULT_SCHEMA = "SOPHIA_AI_MEMORY"
 DEFAULT_TABLES = {"CORTEX": "CORTEX_CACHE_ENHANCED", "PERSISTENT": "PERSISTENT_MEMORY",
                   "VECTOR": "VECTOR_MEMORY", "WORKFLOW": "WORKFLOW_STATE"}
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
-_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,254}")  # fullmatch: "$" would allow "\n"
+_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")
 #: Rows per bound MERGE (each row binds ~15 values); more go through a staging table.
 MERGE_ROWS = 256
 #: Keys per ``IN (...)`` list.
@@ -83,7 +83,7 @@ SETTINGS_OPTIONS = ("authenticator", "create", "login_timeout", "private_key_fil
 def check_identifier(name: str, what: str = "identifier") -> str:
     """``name`` upper-cased (as Snowflake folds unquoted names) if it is a plain identifier
     (letters, digits, ``_`` and ``$``, not starting with a digit); ConfigError otherwise."""
-    if not isinstance(name, str) or not _IDENT.match(name):
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise ConfigError(f"invalid Snowflake {what} {name!r}: letters, digits, _ and $ only, "
                           "not starting with a digit")
     return name.upper()
@@ -111,7 +111,7 @@ class SnowflakeSettings:
     login_timeout: int = 30
 
     def __post_init__(self) -> None:
-        if not self.account or not _ACCOUNT.match(self.account):
+        if not self.account or not _ACCOUNT.fullmatch(self.account):
             raise ConfigError(f"invalid Snowflake account identifier {self.account!r} (set it in "
                               "the URL host or SNOWFLAKE_ACCOUNT)")
         if not self.user:

@@ -47,7 +47,7 @@ from ._batching import Result, SharedEngine, batches, deliver
 __all__ = ["CORTEX_LAYOUT", "DEFAULT_LAYOUT", "Layout", "SQLiteBackend", "SQLiteEngine", "Schema",
            "check_identifier"]
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # fullmatch: "$" would allow "\n"
 _BATCH_MAX = 2048
 _IN_CHUNK = 500
 _COLS = "payload, expires_at, home, size, version, created_at, extra"  # default layout
@@ -58,7 +58,7 @@ _T = TypeVar("_T")
 
 def check_identifier(name: str) -> str:
     """``name`` if it is a safe SQL identifier, else ConfigError."""
-    if not _IDENT.match(name):
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
         raise ConfigError(f"invalid table name {name!r}: letters, digits and _ only")
     return name
 
