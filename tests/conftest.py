@@ -38,3 +38,15 @@ def small_memory(tmp_path: Path, clock: Any, **kw: Any) -> Memory:
     tiers.update(kw.pop("tiers", {}))
     return Memory.open(path=str(tmp_path / "small.db"), clock=clock, tiers=tiers,
                        gpu_reserve=0, **kw)
+
+
+async def real_redis_or_skip(url: str) -> Any:
+    """A ``redis.asyncio`` client of the server at ``url``, or a skip that says why not."""
+    redis_asyncio = pytest.importorskip("redis.asyncio")
+    client = redis_asyncio.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        await client.aclose()
+        pytest.skip(f"no Redis at {url}: {exc}")
+    return client

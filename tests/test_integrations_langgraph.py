@@ -31,6 +31,8 @@ from langgraph.graph import END, START, StateGraph
 from sophia_memory import ManualClock, Memory, MissingDependencyError, Tier
 from sophia_memory.integrations.langgraph import SophiaCheckpointSaver
 
+from .conftest import real_redis_or_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9")
 EVERY_CAPABILITY = {"put", "put_writes", "get_tuple", "list", "delete_thread",
@@ -60,13 +62,7 @@ async def test_conformance_on_the_embedded_default(tmp_path: Path, tier: Tier) -
 
 @pytest.mark.redis
 async def test_conformance_with_session_on_redis(tmp_path: Path) -> None:
-    redis_asyncio = pytest.importorskip("redis.asyncio")
-    client = redis_asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        await client.aclose()
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    client = await real_redis_or_skip(REDIS_URL)
     prefix = f"smlg:{uuid.uuid4().hex}:"
     url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix={prefix}"
     try:

@@ -22,17 +22,13 @@ fakeredis = pytest.importorskip("fakeredis")
 
 from sophia_memory.backends.redis.backend import RedisBackend  # noqa: E402
 
+from .conftest import real_redis_or_skip  # noqa: E402
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 async def _real_redis_or_skip() -> Any:
-    client = redis_asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        await client.aclose()
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    return client
+    return await real_redis_or_skip(REDIS_URL)
 
 
 async def _drop_prefix(client: Any, prefix: str) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 from ..memory import Memory
 from ..sync import _LoopThread
@@ -110,3 +111,21 @@ class Bridge:
         if thread is not None and thread.thread.is_alive():
             thread.run(self.memory.close())
             thread.stop()
+
+
+class ClosesBridge:
+    """``close()`` and the ``with`` statement of the adapters: they close the memory and its
+    loop thread when the adapter's own ``open()`` made them, and nothing otherwise."""
+
+    _bridge: Bridge
+
+    def close(self) -> None:
+        """Close the memory and its loop thread if :meth:`open` made them; else nothing."""
+        self._bridge.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

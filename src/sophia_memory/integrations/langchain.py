@@ -38,14 +38,13 @@ import json
 import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from types import TracebackType
 from typing import Any, Protocol
 
 from ..cortex import CortexCache, CortexHit
 from ..errors import DecodeError, InvalidArgumentError, MissingDependencyError
 from ..memory import Memory
 from ..tiers import Tier
-from ._bridge import Bridge
+from ._bridge import Bridge, ClosesBridge
 
 try:
     from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -161,7 +160,7 @@ def _embedder(embed: Any) -> Callable[[str], Any]:
     return embed_prompt
 
 
-class SophiaLLMCache(BaseCache):
+class SophiaLLMCache(ClosesBridge, BaseCache):
     """LangChain's LLM cache on the Cortex tier of a :class:`Memory` (see the module doc).
 
     ``namespace``: the memory namespace of this cache (``clear`` empties it). ``tier``:
@@ -212,17 +211,6 @@ class SophiaLLMCache(BaseCache):
                      allow_nondeterministic=allow_nondeterministic)
         return cache
 
-    def close(self) -> None:
-        """Close the memory and its loop thread if :meth:`open` made them; else nothing."""
-        self._bridge.close()
-
-    def __enter__(self) -> SophiaLLMCache:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     @staticmethod
     def _model(llm_string: str) -> str:
         return llm_string or "<no llm_string>"
@@ -264,7 +252,7 @@ class SophiaLLMCache(BaseCache):
         self._bridge.run(self.aclear(**kwargs))
 
 
-class SophiaStore(BaseStore[str, Any]):
+class SophiaStore(ClosesBridge, BaseStore[str, Any]):
     """LangChain's key-value ``BaseStore`` over one tier of a :class:`Memory`.
 
     ``tier``: where values live (default ``Tier.PERSISTENT``; not ``Tier.VECTOR``, whose
@@ -299,17 +287,6 @@ class SophiaStore(BaseStore[str, Any]):
         store._setup(Bridge.open(memory_options), tier=tier, namespace=namespace, ttl=ttl,
                      serde=serde)
         return store
-
-    def close(self) -> None:
-        """Close the memory and its loop thread if :meth:`open` made them; else nothing."""
-        self._bridge.close()
-
-    def __enter__(self) -> SophiaStore:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     async def amget(self, keys: Sequence[str]) -> list[Any | None]:
         """The values of ``keys`` in order, None for each missing one."""

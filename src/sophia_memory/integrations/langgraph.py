@@ -57,13 +57,12 @@ import random
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
-from types import TracebackType
 from typing import Any
 
 from ..errors import MissingDependencyError
 from ..memory import Memory
 from ..tiers import Tier
-from ._bridge import Bridge, name_for
+from ._bridge import Bridge, ClosesBridge, name_for
 
 try:
     from langchain_core.runnables import RunnableConfig
@@ -121,7 +120,7 @@ def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
                              "checkpoint_id": checkpoint_id}}
 
 
-class SophiaCheckpointSaver(BaseCheckpointSaver[str]):
+class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
     """A LangGraph checkpointer over a :class:`Memory` (see the module docstring for layout).
 
     ``SophiaCheckpointSaver(memory)`` uses an open memory; its async methods run on the
@@ -168,17 +167,6 @@ class SophiaCheckpointSaver(BaseCheckpointSaver[str]):
         saver._setup(Bridge.open(memory_options), serde=serde, tier=tier, ttl=ttl,
                      namespace=namespace)
         return saver
-
-    def close(self) -> None:
-        """Close the memory and its loop thread if :meth:`open` made them; else nothing."""
-        self._bridge.close()
-
-    def __enter__(self) -> SophiaCheckpointSaver:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # -- helpers ---------------------------------------------------------------------------------
 
