@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime
 import decimal
 import fractions
+import json
 import math
 import os
 import pickle
@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -312,17 +312,57 @@ def test_msgpack_encode_refuses_non_str_dict_keys() -> None:
 # -- MsgpackCodec: foreign and corrupt payloads -------------------------------------------------
 
 
+_NOT_PLAIN = object()
+
+
+def plain_msgpack(body: bytes) -> Any:
+    """The reference reading of ``body``: plain msgpack (no extension types), or _NOT_PLAIN
+    when it is not that. What it reads, the codec must read alike."""
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception:
+        return _NOT_PLAIN
+
+    def plain(v: Any) -> bool:
+        if isinstance(v, msgpack.ExtType):
+            return False
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        if isinstance(v, dict):
+            return all(plain(x) for x in v.values())
+        return True
+
+    return value if plain(value) else _NOT_PLAIN
+
+
+def check_decode(data: bytes) -> None:
+    """``data`` decodes to what the reference reads, or raises DecodeError (and nothing
+    else) where the reference reads nothing plain; a foreign tag is always refused."""
+    expected = plain_msgpack(data[1:]) if data[:1] == b"\x01" else _NOT_PLAIN
+    try:
+        out = msgpack_codec.decode(data)
+    except DecodeError:
+        assert expected is _NOT_PLAIN, f"decode refused plain msgpack {data!r}"
+        return
+    assert data[:1] == b"\x01", f"decode accepted a payload without the msgpack tag: {data!r}"
+    if expected is not _NOT_PLAIN:
+        assert msgpack.packb(out, use_bin_type=True) == msgpack.packb(expected,
+                                                                     use_bin_type=True)
+
+
 @given(st.binary(max_size=200))
+@example(b"\x01\x93\x01\xa1a\xc3")  # [1, "a", True]
 def test_msgpack_decode_of_random_bytes_raises_only_decode_error(data: bytes) -> None:
-    with contextlib.suppress(DecodeError):
-        msgpack_codec.decode(data)
+    check_decode(data)
+    # and a valid payload still round-trips (a decoder refusing everything fails here)
+    assert msgpack_codec.decode(msgpack_codec.encode(data)) == data
 
 
 @given(st.binary(max_size=200))
+@example(b"\x82\xa1k\x01\xa1l\x90")  # {"k": 1, "l": []}
 def test_msgpack_decode_of_random_msgpack_tagged_bytes_raises_only_decode_error(
         data: bytes) -> None:
-    with contextlib.suppress(DecodeError):
-        msgpack_codec.decode(b"\x01" + data)
+    check_decode(b"\x01" + data)
 
 
 ext_headers = st.tuples(
@@ -347,10 +387,20 @@ def test_msgpack_decode_of_crafted_array_extensions_raises_only_decode_error(
 
 
 @given(st.integers(0, 127), st.binary(max_size=40))
+@example(2, b"\x92\x01\xa1a")  # the tuple extension over [1, "a"]
+@example(3, b"-0x1f")  # the big-int extension
 def test_msgpack_decode_of_crafted_extensions_raises_only_decode_error(
         code: int, data: bytes) -> None:
-    with contextlib.suppress(DecodeError):
-        msgpack_codec.decode(b"\x01" + msgpack.packb(msgpack.ExtType(code, data)))
+    try:
+        out = msgpack_codec.decode(b"\x01" + msgpack.packb(msgpack.ExtType(code, data)))
+    except DecodeError:
+        # what must be read is read: a tuple over plain msgpack, a big int in hex
+        assert not (code == 2 and isinstance(plain_msgpack(data), list)), data
+        assert not (code == 3 and data == b"-0x1f")
+        return
+    assert code in (1, 2, 3), f"unknown extension {code} was decoded to {out!r}"
+    if code == 2 and isinstance(plain_msgpack(data), list):
+        assert out == tuple(plain_msgpack(data))
 
 
 def test_msgpack_refuses_payloads_of_other_codecs() -> None:
@@ -455,9 +505,19 @@ def test_json_refuses_lone_surrogates_with_a_typed_error() -> None:
 
 
 @given(st.binary(max_size=200))
+@example(b'{"a": [1, 2.5, null, "x"]}')
 def test_json_decode_of_random_bytes_raises_only_decode_error(data: bytes) -> None:
-    with contextlib.suppress(DecodeError):
-        json_codec.decode(b"\x02" + data)
+    try:
+        expected = json.loads(data)
+    except (ValueError, RecursionError):
+        expected = _NOT_PLAIN
+    try:
+        out = json_codec.decode(b"\x02" + data)
+    except DecodeError:
+        assert expected is _NOT_PLAIN, f"decode refused valid JSON {data!r}"
+    else:
+        assert expected is not _NOT_PLAIN
+        assert json.dumps(out) == json.dumps(expected)
     with pytest.raises(DecodeError):
         json_codec.decode(b"\x01" + data)
 
@@ -597,8 +657,14 @@ def test_signed_pickle_needs_a_key_of_16_bytes(key: bytes | str) -> None:
 
 
 def test_signed_pickle_key_length_counts_bytes() -> None:
-    SignedPickleCodec(b"x" * 16)
-    SignedPickleCodec("é" * 8)  # 8 characters, 16 bytes in UTF-8
+    as_bytes = SignedPickleCodec(b"x" * 16)
+    as_text = SignedPickleCodec("é" * 8)  # 8 characters, 16 bytes in UTF-8: accepted
+    for codec in (as_bytes, as_text):
+        assert codec.decode(codec.encode({"v": 1})) == {"v": 1}
+    # a str key is its UTF-8 bytes: the same key given either way signs alike
+    assert SignedPickleCodec("é" * 8).decode(SignedPickleCodec(("é" * 8).encode()).encode(1)) == 1
+    with pytest.raises(SignatureError):
+        as_text.decode(as_bytes.encode({"v": 1}))
 
 
 def test_pickle_codec_is_opt_in_and_needs_a_key(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from sophia_memory import BackendError, ManualClock, Memory, Record, Tier, TierUnavailableError
 from sophia_memory.backends import Backend, BackendURL, Remote, register
+from sophia_memory.engine.handles import InProcessTier
 
 THRESHOLD = 3
 RESET = 10.0
@@ -271,20 +272,40 @@ async def test_stats_report_errors_and_breaker_per_tier(fmem: Memory,
     assert tiers["PERSISTENT"]["breaker"] == "closed"
 
 
-@pytest.mark.parametrize("mode", ["fail", "breaker-open"])
+@pytest.mark.parametrize(("failing", "mode"), [("above", "fail"), ("above", "breaker-open"),
+                                             ("home", "fail")])
 async def test_put_below_a_failing_tier_either_succeeds_or_stores_nothing(
-        fmem: Memory, flaky: FlakyBackend, mode: str) -> None:
-    flaky.mode = "fail"
-    if mode == "breaker-open":
-        for _ in range(THRESHOLD):
-            await fmem.get("missing")
-        assert breaker(fmem) == "open"
-    try:
+        fmem: Memory, flaky: FlakyBackend, failing: str, mode: str) -> None:
+    """Both outcomes, each forced: a failing tier *above* the home (CORTEX) cannot stop the
+    put (its copy is marked stale instead); a failing *home* (PERSISTENT, made to fail
+    here) makes the put raise with nothing stored."""
+    cortex = fmem._core.by_tier[Tier.CORTEX]
+    assert not isinstance(cortex, InProcessTier)
+    if failing == "above":
+        flaky.mode = "fail"
+        if mode == "breaker-open":
+            for _ in range(THRESHOLD):
+                await fmem.get("missing")
+            assert breaker(fmem) == "open"
+        calls = flaky.total_calls
         await fmem.put("k", "v", tier=Tier.PERSISTENT)
-    except TierUnavailableError:
-        assert await fmem.keys(Tier.PERSISTENT) == [], "put raised but stored the value"
-    else:
+        assert await fmem.keys(Tier.PERSISTENT) == ["k"]
+        assert "k" in cortex.stale  # skipped on reads until CORTEX answers again
         assert await fmem.get("k") == "v"
+        if mode == "breaker-open":
+            assert flaky.total_calls == calls  # the open breaker kept every call away
+        return
+    home = fmem._core.by_tier[Tier.PERSISTENT].backend
+
+    async def refuse(key: str, record: Record) -> None:
+        raise BackendError("persistent tier: write failed")
+
+    home.put = refuse  # type: ignore[method-assign]
+    with pytest.raises(TierUnavailableError, match="write failed"):
+        await fmem.put("k", "v", tier=Tier.PERSISTENT)
+    assert await fmem.keys(Tier.PERSISTENT) == [], "put raised but stored the value"
+    assert "k" not in flaky.data
+    assert await fmem.get("k") is None
 
 
 

@@ -1,5 +1,7 @@
 """Two processes sharing the real Redis: after process A's put or delete returns, process B's
-get sees the new state within 100 ms, although B holds in-process (L0) copies of every key.
+get comes to see the new state, although B holds in-process (L0) copies of every key. How
+long that takes is measured and printed, not judged: a latency bound is a benchmark's claim
+(the wait is bounded only so that a lost invalidation fails instead of hanging).
 
 B is a child process with its own Memory (L0 host pools above SESSION on Redis). It reads
 1,000 array items twice, so each is promoted into its L0 pools, and then answers A's probes:
@@ -33,7 +35,6 @@ pytestmark = pytest.mark.redis
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 KEYS = 1000
-LIMIT = 0.100  # seconds
 
 _READER = r"""
 import asyncio, json, sys, time
@@ -134,8 +135,8 @@ async def _run(tmp_path: Path, n: int, tracking: bool, patience: float) -> list[
     return reports
 
 
-async def test_other_process_sees_put_and_delete_within_100ms(tmp_path: Path) -> None:
-    reports = await _run(tmp_path, KEYS, tracking=True, patience=1.0)
+async def test_other_process_sees_put_and_delete(tmp_path: Path) -> None:
+    reports = await _run(tmp_path, KEYS, tracking=True, patience=10.0)  # a hang guard
     lags = sorted(r["lag"] for r in reports)
     q = statistics.quantiles(lags, n=100)
     stale_first = sum(r["first_read_stale"] for r in reports)
@@ -143,7 +144,6 @@ async def test_other_process_sees_put_and_delete_within_100ms(tmp_path: Path) ->
           f"p50 {q[49] * 1e3:.3f} p90 {q[89] * 1e3:.3f} p99 {q[98] * 1e3:.3f} "
           f"max {lags[-1] * 1e3:.3f}; B's first read was stale for {stale_first}")
     assert all(r["fresh"] for r in reports)
-    assert lags[-1] <= LIMIT
 
 
 async def test_without_tracking_the_other_process_keeps_stale_copies(tmp_path: Path) -> None:

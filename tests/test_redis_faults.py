@@ -73,3 +73,73 @@ async def test_redis_killed_and_restarted(tmp_path: Path, clock: ManualClock,
         assert mem.stats()["tiers"]["SESSION"]["breaker"] == "closed"
         assert await mem.get("new") == 1
         assert await mem.get("durable7") == 7
+
+
+async def test_redis_killed_and_restarted_under_a_thousand_callers(
+        tmp_path: Path, clock: ManualClock, server: dict[str, object]) -> None:
+    """1,000 concurrent callers read SESSION and PERSISTENT keys while the server is killed
+    and started again: no reader ever sees an exception (a failing tier reads as a miss),
+    durable values are always found, and SESSION serves again after the breaker's reset."""
+    callers, rounds = 1000, 6
+    url = f"redis://127.0.0.1:{server['port']}/0?prefix=load:&tracking=0"
+    async with Memory.open(path=str(tmp_path / "l.db"), clock=clock,
+                           tiers={Tier.SESSION: url, Tier.GPU: None, Tier.VECTOR: None},
+                           call_timeout=2.0, breaker_threshold=3,
+                           breaker_reset=RESET) as mem:
+        await mem.put_many({f"durable{i}": i for i in range(100)}, tier=Tier.PERSISTENT)
+        await mem.put_many({f"s{i}": i for i in range(100)}, tier=Tier.SESSION)
+        reader_errors: list[BaseException] = []
+        wrong: list[tuple[str, object]] = []
+        write_errors = 0
+        phase = {"n": 0}
+        reached = {callers: asyncio.Event(), 4 * callers: asyncio.Event()}  # rounds done
+
+        async def caller(c: int) -> None:
+            nonlocal write_errors
+            for r in range(rounds):
+                await phases[r].wait()
+                i = (c + r) % 100
+                try:
+                    got = await mem.get(f"durable{i}")
+                    if got != i:
+                        wrong.append((f"durable{i}", got))
+                    hot = await mem.get(f"s{i}")
+                    if hot not in (None, i):
+                        wrong.append((f"s{i}", hot))
+                except Exception as exc:  # the acceptance figure: must stay empty
+                    reader_errors.append(exc)
+                if c % 5 == 0:
+                    try:
+                        await mem.put(f"w{c}", r, tier=Tier.SESSION)
+                    except TierUnavailableError:
+                        write_errors += 1
+                phase["n"] += 1
+                if phase["n"] in reached:
+                    reached[phase["n"]].set()
+
+        phases = [asyncio.Event() for _ in range(rounds)]
+        tasks = [asyncio.ensure_future(caller(c)) for c in range(callers)]
+        proc = server["proc"]
+        assert isinstance(proc, subprocess.Popen)
+        phases[0].set()
+        await reached[callers].wait()  # one round done with the server up
+        proc.kill()  # then killed under load
+        proc.wait()
+        for r in (1, 2, 3):
+            phases[r].set()
+        await reached[4 * callers].wait()  # three rounds with the server gone
+        assert mem.stats()["tiers"]["SESSION"]["breaker"] == "open"
+        server["proc"] = start(int(server["port"]))  # type: ignore[arg-type]
+        clock.advance(RESET)  # the breaker lets a trial through
+        await mem.put("probe", 1, tier=Tier.SESSION)
+        assert mem.stats()["tiers"]["SESSION"]["breaker"] == "closed"
+        await mem.put_many({f"s{i}": i for i in range(100)}, tier=Tier.SESSION)
+        for r in (4, 5):
+            phases[r].set()
+        await asyncio.gather(*tasks)
+        assert reader_errors == [] and wrong == []
+        assert write_errors > 0  # puts did fail while it was down (and said so)
+        stats = mem.stats()["tiers"]["SESSION"]
+        assert stats["breaker"] == "closed" and stats["backend_stats"]["pipeline"][
+            "connections"] <= 2  # the shared ones, whatever the number of callers
+        assert await mem.get("s7") == 7 and await mem.get("probe") == 1

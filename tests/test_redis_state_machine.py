@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from .conftest import small_memory
 from .test_state_machine import TieredMemoryMachine
 
 fakeredis = pytest.importorskip("fakeredis")
-pytest.importorskip("redis.asyncio")
+redis_asyncio = pytest.importorskip("redis.asyncio")
 
 from sophia_memory.backends.redis.backend import RedisBackend  # noqa: E402
 
@@ -47,14 +48,15 @@ class RealRedisMachine(TieredMemoryMachine):
                             tiers={Tier.SESSION: f"{REDIS_URL}{sep}prefix={self.prefix}"})
 
     def teardown(self) -> None:
-        backend = self.mem._core.by_tier[Tier.SESSION].backend
-        assert isinstance(backend, RedisBackend)
+        assert isinstance(self.mem._core.by_tier[Tier.SESSION].backend, RedisBackend)
+        self.run(self.mem.close())  # first: closing flushes spills into Redis
 
         async def drop() -> None:
-            names = [n async for n in backend.client.scan_iter(match=self.prefix + "*",
-                                                                   count=1000)]
+            client = redis_asyncio.Redis.from_url(REDIS_URL)
+            names = [n async for n in client.scan_iter(match=self.prefix + "*", count=1000)]
             if names:
-                await backend.client.delete(*names)
+                await client.delete(*names)
+            await client.aclose()
 
         self.run(drop())
         super().teardown()
@@ -70,9 +72,18 @@ def _redis_reachable() -> str | None:
     return None
 
 
+def _assert_exercised(machine: type[TieredMemoryMachine]) -> None:
+    """The runs spilled into Redis and promoted out of it: the property was not vacuous."""
+    counts = machine.exercised
+    for name in ("spills", "promotions", "evictions", "hits"):
+        assert counts[name] > 0, (name, dict(counts))
+
+
 def test_state_machine_with_session_on_fakeredis() -> None:
+    FakeRedisMachine.exercised = Counter()
     FakeRedisMachine.TestCase.settings = SETTINGS
     FakeRedisMachine.TestCase().runTest()
+    _assert_exercised(FakeRedisMachine)
 
 
 @pytest.mark.redis
@@ -80,5 +91,7 @@ def test_state_machine_with_session_on_real_redis() -> None:
     reason = _redis_reachable()
     if reason:
         pytest.skip(reason)
+    RealRedisMachine.exercised = Counter()
     RealRedisMachine.TestCase.settings = SETTINGS
     RealRedisMachine.TestCase().runTest()
+    _assert_exercised(RealRedisMachine)

@@ -73,7 +73,7 @@ class _TopologyBackendTests(BackendTests):
 
 
 class TestClusterBackend(_TopologyBackendTests):
-    url_fixture, wired = "cluster_url", False  # the Cluster client routes each key
+    url_fixture, wired = "cluster_url", True  # one Wire per node
 
 
 class TestSentinelBackend(_TopologyBackendTests):

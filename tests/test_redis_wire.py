@@ -1,11 +1,13 @@
-"""The Redis backend's fast paths and when they are taken: commands packed by hiredis and sent
-on redis-py's own pooled connections (the real server: REDIS_URL, default
-redis://127.0.0.1:6379/0, skipped with the reason when unreachable), and bare-payload batch
-reads (the real server and fakeredis)."""
+"""The Redis backend's fast paths and when they are taken: auto-pipelining (commands of every
+caller packed by hiredis and written together on shared connections; against the real server,
+REDIS_URL, default redis://127.0.0.1:6379/0, skipped with the reason when unreachable, and
+against a scripted stand-in whose replies the test releases byte by byte), and bare-payload
+batch reads (the real server and fakeredis)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from sophia_memory import (
     BackendError,
     ConfigError,
+    DecodeError,
     ManualClock,
     Memory,
     Tier,
@@ -61,11 +64,35 @@ async def test_wire_is_taken_for_plain_redis_py_clients_only() -> None:
         assert RedisBackend(fake)._wire is None
         with pytest.raises(ConfigError, match="wire=True"):
             RedisBackend(fake, wire=True)
-        with pytest.raises(ConfigError, match="Cluster"):
+        with pytest.raises(ConfigError, match="RedisCluster"):  # not a cluster client
             RedisBackend(plain, cluster=True, wire=True)
     finally:
         for c in clients:
             await c.aclose()
+
+
+@pytest.mark.parametrize("value", ["0", "65", "x", "-1", "1.5"])
+def test_the_connections_option_is_checked(value: str) -> None:
+    from sophia_memory import MemoryConfig
+    from sophia_memory.backends import open_backend
+
+    with pytest.raises(ConfigError, match="connections"):
+        open_backend(f"redis://127.0.0.1:6379/0?connections={value}", Tier.SESSION,
+                     MemoryConfig())
+
+
+async def test_the_connections_option_sizes_the_pipeline() -> None:
+    from sophia_memory import MemoryConfig
+    from sophia_memory.backends import open_backend
+
+    backend: Any = open_backend("redis://127.0.0.1:6379/0?connections=3", Tier.SESSION,
+                                MemoryConfig())
+    default: Any = open_backend("redis://127.0.0.1:6379/0", Tier.SESSION, MemoryConfig())
+    try:
+        assert backend._wire.size == 3 and default._wire.size == 2
+    finally:
+        await backend.close()
+        await default.close()
 
 
 async def test_from_url_leaves_timeouts_to_the_front_unless_the_url_sets_one() -> None:
@@ -140,51 +167,172 @@ async def test_every_command_of_the_wire_round_trips(backend: RedisBackend) -> N
     assert sorted(await backend.keys("", NOW)) == ["d", "e"]
 
 
-@pytest.mark.redis
-async def test_a_call_cancelled_mid_reply_never_leaves_replies_for_the_next() -> None:
-    """The front's deadline cancels a call wherever it is; the connection it was reading
-    from is closed before it goes back to the pool, so the next call reads its own replies."""
-    client = await _real_redis_or_skip()
-    prefix = f"smtest:{uuid.uuid4().hex}:"
-    backend = RedisBackend(client, prefix=prefix)
-    assert backend._wire is not None
-    pool = client.connection_pool
-    try:
-        await backend.put_many({f"k{i}": _rec(f"\x01v{i}".encode()) for i in range(50)})
-        real_get = pool.get_connection
-        taken: list[Any] = []
+class ScriptedServer:
+    """A Redis stand-in on a free port whose replies the test releases byte by byte: GET,
+    SET, MGET, GETDEL, PING and CLIENT ID over a dict; anything else answers +OK. With
+    ``hold`` set, replies are kept until :meth:`release`; with ``drop`` set, a connection
+    is closed when a command arrives (as a server that went away)."""
 
-        async def cancelling_connection(*args: Any, **kwargs: Any) -> Any:
-            conn = await real_get(*args, **kwargs)
-            read = conn.read_response
-            replies = 0
+    def __init__(self) -> None:
+        import hiredis
 
-            async def read_response(*a: Any, **kw: Any) -> Any:
-                nonlocal replies
-                replies += 1
-                if replies == 3:
-                    raise asyncio.CancelledError  # as if the deadline fired here
-                return await read(*a, **kw)
+        self._reader_class = hiredis.Reader
+        self.data: dict[bytes, bytes] = {}
+        self.hold = False
+        self.drop = 0
+        self.held = bytearray()
+        self.received: list[list[bytes]] = []
+        self.arrived = asyncio.Condition()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.ids = 0
 
-            conn.read_response = read_response
-            taken.append(conn)
-            return conn
+    async def __aenter__(self) -> ScriptedServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
 
-        pool.get_connection = cancelling_connection
-        try:
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.writers:
+            w.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _answer(self, cmd: list[bytes]) -> bytes:
+        name = cmd[0].upper()
+        if name == b"GET":
+            v = self.data.get(cmd[1])
+            return b"$-1\r\n" if v is None else b"$%d\r\n%s\r\n" % (len(v), v)
+        if name == b"GETDEL":
+            v = self.data.pop(cmd[1], None)
+            return b"$-1\r\n" if v is None else b"$%d\r\n%s\r\n" % (len(v), v)
+        if name == b"SET":
+            self.data[cmd[1]] = cmd[2]
+            return b"+OK\r\n"
+        if name == b"MGET":
+            out = [b"*%d\r\n" % (len(cmd) - 1)]
+            for k in cmd[1:]:
+                v = self.data.get(k)
+                out.append(b"$-1\r\n" if v is None else b"$%d\r\n%s\r\n" % (len(v), v))
+            return b"".join(out)
+        if name == b"PING":
+            return b"+PONG\r\n"
+        if name == b"CLIENT" and cmd[1].upper() == b"ID":
+            return b":%d\r\n" % self.ids
+        return b"+OK\r\n"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):  # at shutdown
+            await self._commands(reader, writer)
+
+    async def _commands(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        self.ids += 1
+        parser = self._reader_class()
+        while data := await reader.read(65536):
+            parser.feed(data)
+            while (cmd := parser.gets()) is not False:
+                if self.drop and cmd[0].upper() not in (b"CLIENT", b"HELLO"):
+                    self.drop -= 1
+                    writer.close()
+                    return
+                reply = self._answer(cmd)
+                async with self.arrived:
+                    self.received.append(cmd)
+                    self.arrived.notify_all()
+                if self.hold:
+                    self.held += reply
+                    self._writer = writer
+                else:
+                    writer.write(reply)
+
+    async def wait_for(self, count: int) -> None:
+        async with self.arrived:
+            await self.arrived.wait_for(lambda: len(self.received) >= count)
+
+    def release(self, nbytes: int | None = None) -> None:
+        """Send ``nbytes`` of the held replies (all when None)."""
+        n = len(self.held) if nbytes is None else nbytes
+        self._writer.write(bytes(self.held[:n]))
+        del self.held[:n]
+        if nbytes is None:
+            self.hold = False
+
+
+async def _spin(times: int = 20) -> None:
+    for _ in range(times):  # let the loop run callbacks and the reader (no clock involved)
+        await asyncio.sleep(0)
+
+
+async def test_a_call_cancelled_mid_reply_never_leaves_its_reply_for_another() -> None:
+    """Callers cancelled while their replies are half read (one reply, and a pipeline of
+    several) never hand their replies to anyone else: the reader drops them."""
+    async with ScriptedServer() as server:
+        for i in range(50):
+            server.data[f"p:k{i}".encode()] = f"\x01v{i}".encode()
+        backend = RedisBackend(redis_asyncio.Redis.from_url(server.url), prefix="p:",
+                               connections=1)
+        assert backend._wire is not None
+        await backend.get("k0", NOW)  # connected (the handshake's commands are answered)
+        base = len(server.received)
+        server.hold = True
+        first = asyncio.ensure_future(backend.get("k1", NOW))
+        many = asyncio.ensure_future(backend.delete_many([f"k{i}" for i in range(10, 20)], NOW))
+        second = asyncio.ensure_future(backend.get("k2", NOW))
+        await server.wait_for(base + 12)  # all three calls were written, in one write
+        assert backend._wire.stats()["waiting"] == 3
+        server.release(5)  # a few bytes of the first reply
+        await _spin()
+        first.cancel()
+        server.release(len(server.held) - 40)  # every reply but the last bytes
+        await _spin()
+        many.cancel()  # its replies are (mostly) in: cut off mid-pipeline
+        server.release()
+        assert (await second).payload == b"\x01v2"  # type: ignore[union-attr]
+        for task in (first, many):
             with pytest.raises(asyncio.CancelledError):
-                await backend.delete_many([f"k{i}" for i in range(10)], NOW)  # 10 replies
-        finally:
-            pool.get_connection = real_get
-            del taken[0].read_response
-        assert not taken[0].is_connected  # 7 unread replies went with the socket
-        assert len(pool._in_use_connections) == 0  # and it went back to the pool
+                await task
+        assert backend._wire.stats()["waiting"] == 0
         got = await backend.get_many([f"k{i}" for i in range(50)], NOW)
         assert {k: r.payload for k, r in got.items()} == {
-            f"k{i}": f"\x01v{i}".encode() for i in range(10, 50)}  # the GETDELs all ran
-        assert (await backend.get("k20", NOW)).payload == b"\x01v20"  # type: ignore[union-attr]
-    finally:
-        await _drop_prefix(client, prefix)
+            f"k{i}": f"\x01v{i}".encode() for i in range(50) if not 10 <= i < 20}
+        assert (await backend.get("k3", NOW)).payload == b"\x01v3"  # type: ignore[union-attr]
+        assert backend._wire.stats()["connections_opened"] == 1  # one connection throughout
+        await backend.close()
+
+
+async def test_a_call_cancelled_before_its_write_is_never_sent() -> None:
+    async with ScriptedServer() as server:
+        backend = RedisBackend(redis_asyncio.Redis.from_url(server.url), prefix="p:")
+        await backend.get("k0", NOW)
+        base = len(server.received)
+        task = asyncio.ensure_future(backend.put("x", _rec(b"\x01x")))
+        await asyncio.sleep(0)  # queued; the write is the next callback
+        task.cancel()
+        other = await backend.get("k0", NOW)
+        assert other is None
+        assert [c[0] for c in server.received[base:]] == [b"GET"]  # the SET never went out
+        assert b"p:x" not in server.data
+        await backend.close()
+
+
+async def test_a_thousand_concurrent_callers_share_two_connections() -> None:
+    async with ScriptedServer() as server:
+        backend = RedisBackend(redis_asyncio.Redis.from_url(server.url), prefix="p:",
+                               connections=2)
+        await asyncio.gather(*(backend.put(f"k{i}", _rec(b"\x01%d" % i)) for i in range(1000)))
+        got = await asyncio.gather(*(backend.get(f"k{i}", NOW) for i in range(1000)))
+        assert [r.payload for r in got] == [b"\x01%d" % i for i in range(1000)]  # type: ignore[union-attr]
+        stats = backend._wire.stats()  # type: ignore[union-attr]
+        assert 1 <= stats["connections_opened"] <= 2 and stats["commands"] == 2000
+        assert stats["batches"] <= 12  # a few writes, not one per call
+        assert len(server.writers) <= 2  # never more, whatever the number of callers
         await backend.close()
 
 
@@ -263,67 +411,44 @@ async def test_an_error_reply_is_raised_after_every_reply_and_keeps_the_connecti
     await backend.put_many({"a": _rec(b"\x01a"), "b": _rec(b"\x01b")})
     await client.lpush(backend.prefix + "list", b"not a string")
     conn_id = await wire.one("CLIENT", "ID")
-    with pytest.raises(BackendError, match="WRONGTYPE"):
+    with pytest.raises(DecodeError, match="WRONGTYPE"):  # the request's fault, typed
         await backend.delete_many(["a", "list", "b"], NOW)  # GETDEL a, list (fails), b
     assert await backend.get_many(["a", "b"], NOW) == {}  # the commands around it ran
-    with pytest.raises(BackendError, match="WRONGTYPE"):
+    with pytest.raises(DecodeError, match="WRONGTYPE"):
         await backend.get("list", NOW)
     await backend.put("c", _rec(b"\x01c"))
     assert (await backend.get("c", NOW)).payload == b"\x01c"  # type: ignore[union-attr]
     assert await wire.one("CLIENT", "ID") == conn_id  # the same connection throughout
 
 
-@pytest.mark.redis
-async def test_a_dropped_connection_is_retried_once_on_a_fresh_one(
-        wired: tuple[RedisBackend, Any]) -> None:
-    from redis.exceptions import ConnectionError as LinkError
-
-    backend, client = wired
-    await backend.put("k", _rec(b"\x01k"))
-    pool = client.connection_pool
-    real_get = pool.get_connection
-    drops = 0
-
-    async def dropping(*args: Any, **kwargs: Any) -> Any:
-        nonlocal drops
-        conn = await real_get(*args, **kwargs)
-        if drops:
-            drops -= 1
-
-            async def send_fails(*a: Any, **kw: Any) -> None:
-                del conn.send_packed_command
-                await conn.disconnect(nowait=True)
-                raise LinkError("Connection reset by peer")
-
-            conn.send_packed_command = send_fails
-        return conn
-
-    pool.get_connection = dropping
-    try:
-        drops = 1
+async def test_a_dropped_connection_is_retried_once_on_a_fresh_one() -> None:
+    async with ScriptedServer() as server:
+        server.data[b"p:k"] = b"\x01k"
+        backend = RedisBackend(redis_asyncio.Redis.from_url(server.url), prefix="p:",
+                               connections=1)
+        wire = backend._wire
+        assert wire is not None
         assert (await backend.get("k", NOW)).payload == b"\x01k"  # type: ignore[union-attr]
-        assert drops == 0
-        drops = 1
+        server.drop = 1  # the server drops the connection on the next command
+        assert (await backend.get("k", NOW)).payload == b"\x01k"  # type: ignore[union-attr]
+        assert wire.stats()["connections_opened"] == 2
+        server.drop = 1
         await backend.put_many({"m": _rec(b"\x01m", NOW + 60), "n": _rec(b"\x01n")})
         assert set(await backend.get_payloads(["k", "m", "n"], NOW)) == {"k", "m", "n"}
-        drops = 2  # twice in a row: the failure is the caller's
-        with pytest.raises(BackendError, match="reset by peer"):
+        server.drop = 2  # twice in a row: the failure is the caller's, the tier's fault
+        with pytest.raises(BackendError, match="closed by server") as caught:
             await backend.get("k", NOW)
-    finally:
-        pool.get_connection = real_get
-    assert (await backend.get("k", NOW)).payload == b"\x01k"  # type: ignore[union-attr]
+        assert not isinstance(caught.value, DecodeError)
+        assert (await backend.get("k", NOW)).payload == b"\x01k"  # type: ignore[union-attr]
+        await backend.close()
 
 
-@pytest.mark.redis
 async def test_the_deadline_cuts_a_stalled_call_and_the_next_call_reads_its_own_reply(
         tmp_path: Path, clock: ManualClock) -> None:
     """The production set-up (from a URL: no redis-py socket timeout): a server that stops
     answering is cut off by the front's deadline; afterwards every call gets its own reply."""
-    client = await _real_redis_or_skip()
-    prefix = f"smtest:{uuid.uuid4().hex}:"
-    sep = "&" if "?" in REDIS_URL else "?"
-    url = f"{REDIS_URL}{sep}prefix={prefix}&timeout=0.1"
-    try:
+    async with ScriptedServer() as server:
+        url = f"{server.url}?prefix=d:&timeout=0.1&tracking=0&connections=1"
         async with Memory.open(path=str(tmp_path / "d.db"), clock=clock,
                                tiers={Tier.SESSION: url, **ONLY_SESSION}) as mem:
             backend = mem._core.by_tier[Tier.SESSION].backend
@@ -331,18 +456,16 @@ async def test_the_deadline_cuts_a_stalled_call_and_the_next_call_reads_its_own_
             assert backend.client.connection_pool.connection_kwargs["socket_timeout"] is None
             await mem.put("k1", "v1", tier=Tier.SESSION)
             await mem.put_many({"a": 1, "b": 2}, tier=Tier.SESSION, ttl=60)
-            await client.execute_command("CLIENT", "PAUSE", 400, "ALL")
+            server.hold = True  # the server stops answering
             assert await mem.get("k1") is None  # cut off: a failing tier reads as a miss
             assert await mem.get_many(["a", "b"]) == {}
             with pytest.raises(TierUnavailableError, match="timed out"):
                 await mem.put("k2", "v2", tier=Tier.SESSION)
-            await client.ping()  # answered once the pause is over
+            server.release()  # the late replies arrive: read and dropped by the pipeline
             assert await mem.get("k1") == "v1"
             assert await mem.get_many(["a", "b", "k1"]) == {"a": 1, "b": 2, "k1": "v1"}
             await mem.put("k3", "v3", tier=Tier.SESSION)
             assert await mem.get("k3") == "v3"
             assert await mem.get("k2") in (None, "v2")  # a cut-off put may still land
             assert mem.stats()["tiers"]["SESSION"]["errors"] == 3
-    finally:
-        await _drop_prefix(client, prefix)
-        await client.aclose()
+            assert backend._wire.stats()["connections_opened"] == 1

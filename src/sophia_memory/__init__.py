@@ -22,8 +22,9 @@ from .errors import (
     UnsupportedValueError,
     ValueTooLargeError,
     VersionConflictError,
+    WriteRefusedError,
 )
-from .memory import Memory
+from .memory import Cached, Memory
 from .policies import EvictionPolicy, FIFOPolicy, LRUPolicy
 from .tiers import Entry, Hit, Record, Tier
 
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "Cached",
     "Clock",
     "Codec",
     "ConfigError",
@@ -58,5 +60,6 @@ __all__ = [
     "UnsupportedValueError",
     "ValueTooLargeError",
     "VersionConflictError",
+    "WriteRefusedError",
     "__version__",
 ]

@@ -15,7 +15,13 @@ from .errors import MissingDependencyError, UnsupportedValueError
 
 ArrayKind = Literal["numpy", "npscalar", "torch", "cupy"]
 
-__all__ = ["ArrayKind", "array_kind", "from_numpy", "is_array_dict", "nbytes", "to_numpy"]
+__all__ = ["POOL_DTYPE_KINDS", "ArrayKind", "array_kind", "from_numpy", "is_array_dict", "nbytes",
+           "pool_dtype_problem", "to_numpy"]
+
+#: NumPy dtype kinds the L0 pools hold (on the host and on the GPU alike): booleans, integers,
+#: floats, complex, and raw fixed-width values without fields (ml_dtypes' bfloat16 and float8
+#: have kind ``V``). CuPy refuses strings, bytes, datetimes and objects at allocation.
+POOL_DTYPE_KINDS = frozenset("biufcV")
 
 
 def array_kind(value: object) -> ArrayKind | None:
@@ -50,6 +56,27 @@ def nbytes(value: Any, kind: ArrayKind) -> int:
     if kind == "torch":
         return int(value.numel() * value.element_size())
     return int(value.nbytes)
+
+
+def pool_dtype_problem(value: Any) -> str | None:
+    """Why ``value`` (an array or a dict of arrays) cannot live in an L0 pool, or None.
+
+    torch and CuPy dtypes are all numeric; a NumPy array qualifies when its dtype's kind is in
+    :data:`POOL_DTYPE_KINDS` and it has no fields.
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = pool_dtype_problem(v)
+            if problem is not None:
+                return f"{k!r}: {problem}"
+        return None
+    dtype = getattr(value, "dtype", None)
+    if type(value) is np.ndarray and dtype is not None and (
+            dtype.kind not in POOL_DTYPE_KINDS or dtype.fields is not None):
+        return (f"arrays of dtype {dtype} cannot live in a GPU pool (it holds booleans, "
+                "integers, floats, complex and raw fixed-width dtypes such as bfloat16); "
+                "store it in another tier")
+    return None
 
 
 def check_dtype(dtype: np.dtype[Any]) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 from . import __version__
 from .backends import parse_url
 from .config import MemoryConfig
-from .errors import SophiaMemoryError, VersionConflictError
+from .doctor import check_tiers, outside_view
+from .errors import MissingDependencyError, SophiaMemoryError, VersionConflictError
 from .gpu import detect_gpu
 from .memory import Memory
 from .pools import format_bytes, match_preset, plan_pools
@@ -61,10 +62,14 @@ async def _put_next(mem: Memory, keys: Iterator[str], value: Any, tier: Tier) ->
     await mem.put(next(keys), value, tier=tier, vector=vector)
 
 
-async def measure_tiers(mem: Memory, n: int) -> list[dict[str, Any]]:
-    """Put/get latency of each enabled tier's own storage (promotion is off in ``mem``)."""
+async def measure_tiers(mem: Memory, n: int,
+                        progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Put/get latency of each enabled tier's own storage (promotion is off in ``mem``);
+    ``progress`` is told which tier is being measured."""
     rows = []
-    for tier in Tier:
+    for step, tier in enumerate(Tier, 1):
+        if progress is not None:
+            progress(f"[{step}/{len(Tier)}] L{tier.value} {tier.name}: {n} puts, {n} gets")
         if tier not in mem.tiers:
             why = mem.stats()["tiers"][tier.name].get("reason", "switched off")
             rows.append({"tier": tier, "status": why})
@@ -192,7 +197,7 @@ def _dist_version(name: str) -> str:
         return "not installed"
 
 
-def _doctor() -> int:
+def _doctor(read_only: bool = False) -> int:
     print(f"sophia_memory {__version__} on Python {platform.python_version()} "
           f"({platform.platform()})")
     for dist in ("numpy", "msgpack", "torch", "cupy-cuda12x", "cupy-cuda13x", "redis",
@@ -219,22 +224,20 @@ def _doctor() -> int:
         except SophiaMemoryError as exc:
             shown = f"INVALID - {exc}"
         print(f"  L{tier.value} {tier.name:<11} {shown}")
-    try:
-        mem = Memory.open(config)
-    except SophiaMemoryError as exc:
-        print(f"\nINVALID: opening the tiers failed: {exc}")
-        return 1
-    stats = mem.stats()["tiers"]
-    print()
-    for tier in Tier:
-        info = stats[tier.name]
-        if info.get("enabled") is False:
-            print(f"  L{tier.value} {tier.name:<11} not available: {info['reason']}")
-        else:
-            print(f"  L{tier.value} {tier.name:<11} ok: {info['backend']}")
-            if tier is Tier.GPU:
-                _print_pools(info.get("backend_stats", {}))
-    asyncio.run(mem.close())
+    checks = asyncio.run(check_tiers(config, read_only=read_only))
+    failed = [c for c in checks if not c.ok]
+    print(f"\nround trips ({'read only' if read_only else 'put, get, delete of a scratch key'}"
+          "; latency against each tier's budget):")
+    for c in checks:
+        took = "" if c.latency_ms is None else \
+            f" {c.latency_ms:.2f} ms (budget {c.tier.budget_ms:g} ms" + \
+            (", OVER)" if c.over_budget else ")")
+        state = "ok" if c.ok else "FAILED"
+        print(f"  L{c.tier.value} {c.tier.name:<11} {state}:{took} {c.detail}")
+        if c.fix:
+            print(f"  {'':<15}fix: {c.fix}")
+        if c.stats:
+            _print_pools(c.stats)
     if gpu.available and gpu.total_bytes:
         try:
             plan_pools(config.gpu_pools, gpu.total_bytes, config.gpu_reserve, str(gpu.name))
@@ -243,6 +246,9 @@ def _doctor() -> int:
             return 1
         print(f"\nL0 pools fit {gpu.name} ({format_bytes(gpu.total_bytes)} reported, "
               f"reserve {config.gpu_reserve})")
+    if failed:
+        print(f"\n{len(failed)} tier(s) failed: " + ", ".join(c.tier.name for c in failed))
+        return 1
     print("\nno problems found")
     return 0
 
@@ -261,41 +267,179 @@ def _print_pools(stats: dict[str, Any]) -> None:
               f"{p.get('evictions', 0)} evictions  {p.get('oom_retries', 0)} OOM retries")
 
 
-async def _stats() -> int:
-    async with Memory.open() as mem:
-        print(json.dumps(mem.stats(), indent=2, default=str))
+def _stats(source: str | None, as_json: bool) -> int:
+    """Without ``source``: what a fresh process can see of the configured tiers (rows, file
+    sizes), creating nothing. With ``source`` (a running service's metrics address, or a
+    file of its scraped text): its live counters per tier."""
+    if source is None:
+        views = outside_view(MemoryConfig.build())
+        if as_json:
+            print(json.dumps([{"tier": v.tier.name, "backend": v.backend, "held": v.held}
+                              for v in views], indent=2))
+            return 0
+        print("what can be seen from outside a running process (live counters: "
+              "stats --from <metrics address>):")
+        for v in views:
+            print(f"  L{v.tier.value} {v.tier.name:<11} {v.held}")
+            print(f"  {'':<15}{v.backend}")
+        return 0
+    try:
+        from .doctor import live_view
+    except ImportError:
+        raise MissingDependencyError("prometheus-client", "metrics",
+                                     "stats --from") from None
+    text = _fetch(source)
+    tiers = live_view(text)
+    if not tiers:
+        print(f"error: no sophia_memory metrics at {source}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(tiers, indent=2))
+        return 0
+    columns = ("hits", "misses", "puts", "deletes", "errors", "refused", "items", "bytes",
+               "evictions", "spills", "promotions", "breaker_read", "breaker_write")
+    print(f"{'tier':<11}" + "".join(f"{c:>14}" for c in columns))
+    for name, row in tiers.items():
+        cells = "".join(f"{_cell(row.get(c)):>14}" for c in columns)
+        print(f"{name:<11}{cells}")
     return 0
 
 
-async def _bench(n: int) -> int:
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def _fetch(source: str) -> str:
+    """The metrics text at ``source``: an http(s) address or a file."""
+    if source.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(source, timeout=5) as reply:  # http(s) only, above
+                return str(reply.read().decode())
+        except OSError as exc:
+            raise SophiaMemoryError(f"cannot read metrics from {source}: {exc}") from None
+    try:
+        return Path(source).read_text()
+    except OSError as exc:
+        raise SophiaMemoryError(f"cannot read metrics from {source}: {exc}") from None
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def _bench(n: int, report: Path | None = None) -> int:
     async with Memory.open(promote=False) as mem:
         print(f"per-tier latency of the configured memory, {n} operations each:")
-        rows = await measure_tiers(mem, n)
+        rows = await measure_tiers(mem, n, _progress)
         print_tier_table(rows)
         for row in rows:
             if "get_p50" in row:
                 await mem.delete_many([f"demo:{row['tier'].name.lower()}:{i}" for i in range(n)])
+    if report is not None:
+        written = write_bench_report(rows, n, report)
+        print("report: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def write_bench_report(rows: list[dict[str, Any]], n: int, out: Path) -> list[Path]:
+    """``out/bench_report.md`` (the table, with the command and machine) and, where
+    matplotlib is installed, ``out/bench_latency.png``: each tier's put and get p95 against
+    its budget, on a log scale."""
+    out.mkdir(parents=True, exist_ok=True)
+    measured = [r for r in rows if "get_p50" in r]
+    lines = [f"# sophia-memory bench ({n} operations per tier)", "",
+             f"- sophia_memory {__version__}, Python {platform.python_version()}, "
+             f"{platform.platform()}",
+             f"- date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}", "",
+             "| tier | put p50 | put p95 | get p50 | get p95 | budget | p95 / budget |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in measured:
+        t: Tier = r["tier"]
+        worst = max(r["get_p95"], r["put_p95"])
+        lines.append(f"| L{t.value} {t.name} | {r['put_p50']:.3f} ms | {r['put_p95']:.3f} ms "
+                     f"| {r['get_p50']:.3f} ms | {r['get_p95']:.3f} ms | {t.budget_ms:g} ms "
+                     f"| {worst / t.budget_ms:.4f} |")
+    for r in rows:
+        if "get_p50" not in r:
+            lines.append(f"| L{r['tier'].value} {r['tier'].name} | - | - | - | - | "
+                         f"{r['tier'].budget_ms:g} ms | not available: {r['status']} |")
+    written = [out / "bench_report.md"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        lines += ["", "(no plot: matplotlib is not installed)"]
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = [f"L{r['tier'].value} {r['tier'].name}" for r in measured]
+        xs = np.arange(len(measured))
+        ax.bar(xs - 0.2, [r["put_p95"] for r in measured], 0.4, label="put p95")
+        ax.bar(xs + 0.2, [r["get_p95"] for r in measured], 0.4, label="get p95")
+        ax.scatter(xs, [r["tier"].budget_ms for r in measured], marker="_", s=900,
+                   color="red", label="budget", zorder=3)
+        ax.set_yscale("log")
+        ax.set_ylabel("milliseconds (log)")
+        ax.set_xticks(xs, names, rotation=20)
+        ax.set_title("latency against budget, per tier")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "bench_latency.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "bench_latency.png")
+        lines += ["", "![latency against budget](bench_latency.png)"]
+    (out / "bench_report.md").write_text("\n".join(lines) + "\n")
+    return written
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number of operations, at least 1 (a one-line error
+    otherwise, not a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sophia-memory", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__} (Python {platform.python_version()})")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="exercise all six tiers on the embedded default")
-    demo.add_argument("-n", type=int, default=300, help="operations per tier")
-    sub.add_parser("doctor", help="report what was detected and what is misconfigured")
-    sub.add_parser("stats", help="print the statistics of the configured memory")
+    demo.add_argument("-n", type=_count, default=300, help="operations per tier")
+    doctor = sub.add_parser("doctor", help="check every configured tier with a round trip "
+                            "and report what is misconfigured (creates nothing)")
+    doctor.add_argument("--read-only", action="store_true",
+                        help="only read (no scratch key is written)")
+    stats = sub.add_parser("stats", help="what can be seen of the configured tiers from "
+                           "here, or a running service's live counters (--from)")
+    stats.add_argument("--from", dest="source", metavar="ADDRESS",
+                       help="a running service's metrics address (http://host:port/metrics) "
+                       "or a file of its scraped metrics")
+    stats.add_argument("--json", action="store_true", help="JSON instead of a table")
     bench = sub.add_parser("bench", help="per-tier latency of the configured memory")
-    bench.add_argument("-n", type=int, default=1000, help="operations per tier")
+    bench.add_argument("-n", type=_count, default=1000, help="operations per tier")
+    bench.add_argument("--report", type=Path, metavar="DIR",
+                       help="also write DIR/bench_report.md and a plot of latency against "
+                       "budget (the plot needs matplotlib)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             return asyncio.run(_demo(args.n))
         if args.command == "doctor":
-            return _doctor()
+            return _doctor(args.read_only)
         if args.command == "stats":
-            return asyncio.run(_stats())
-        return asyncio.run(_bench(args.n))
+            return _stats(args.source, args.json)
+        return asyncio.run(_bench(args.n, args.report))
     except SophiaMemoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

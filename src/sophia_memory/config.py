@@ -9,11 +9,15 @@ arguments win. Environment variables:
 * ``SOPHIA_MEMORY_CONFIG`` - a TOML file with the same keys as :class:`MemoryConfig`
   (tiers in a ``[tiers]`` table, pools in ``[gpu_pools]``).
 * ``SOPHIA_MEMORY_SIGNING_KEY`` - the key for the signed pickle codec.
+
+Any other ``SOPHIA_MEMORY_*`` variable is refused with :class:`ConfigError` naming the closest
+valid spelling: a misspelt variable would otherwise leave its default in place silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -38,6 +42,29 @@ DEFAULT_URLS: dict[Tier, str | None] = {
 }
 
 _OFF = ("none", "off", "disabled", "")
+
+
+#: Every SOPHIA_MEMORY_* variable the library reads; any other is a typo and refused.
+ENV_VARIABLES = frozenset({
+    *(f"SOPHIA_MEMORY_{tier.name}_URL" for tier in Tier),
+    "SOPHIA_MEMORY_PATH", "SOPHIA_MEMORY_CONFIG", "SOPHIA_MEMORY_SIGNING_KEY",
+})
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` for a ``SOPHIA_MEMORY_*`` variable the library does not
+    read (a misspelling would otherwise fall back to a default without a word), naming the
+    closest valid spelling."""
+    unknown = sorted(name for name in environ
+                     if name.startswith("SOPHIA_MEMORY_") and name not in ENV_VARIABLES)
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, sorted(ENV_VARIABLES), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else \
+        f"the variables read are {', '.join(sorted(ENV_VARIABLES))}"
+    more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    raise ConfigError(f"unknown environment variable {name}{more}: {hint}")
 
 
 def default_path() -> Path:
@@ -119,6 +146,7 @@ class MemoryConfig:
         """Defaults, then the TOML file, then the environment, then ``base``'s explicitly set
         fields, then ``overrides``; each later source wins."""
         env = os.environ if environ is None else environ
+        check_environment(env)
         data: dict[str, Any] = {}
         toml_path = env.get("SOPHIA_MEMORY_CONFIG")
         if toml_path:

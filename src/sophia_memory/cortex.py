@@ -16,6 +16,7 @@ are found by exact lookup only, until the cache is reopened.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._support import canonical_hash
+from ._support import canonical_hash, check_meta, ttl_seconds
 from .errors import InvalidArgumentError
 from .memory import Memory
 from .tiers import Tier
@@ -54,6 +55,15 @@ def is_deterministic(params: Mapping[str, Any] | None) -> bool:
     return temperature is None or float(temperature) == 0.0
 
 
+def _real(value: object) -> object:
+    """A column value that must be a real number, as a float (None stays None); bad ones are
+    left as they are for :func:`check_meta` to refuse with the column's name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):
+            return float(value)
+    return value
+
+
 @dataclass(frozen=True)
 class CortexHit:
     """A cached answer and how it was found."""
@@ -73,8 +83,10 @@ class CortexCache:
 
     def __init__(self, mem: Memory, *, embed: Embedder | None = None, threshold: float = 0.9,
                  ttl: float | None = None, tier: Tier = Tier.CORTEX) -> None:
-        if not 0 < threshold <= 1:
-            raise InvalidArgumentError(f"threshold must be in (0, 1], got {threshold}")
+        if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                or not 0 < threshold <= 1):
+            raise InvalidArgumentError(f"threshold must be in (0, 1], got {threshold!r}")
+        ttl_seconds(ttl)  # refused here, not at the first store
         self.mem = mem
         self.embed = embed
         self.threshold = threshold
@@ -151,11 +163,13 @@ class CortexCache:
     async def _meta(self, prompt: Any, gpu_processed: bool, processing_time_ms: float | None,
                     gpu_memory_used_mb: float | None,
                     ) -> tuple[dict[str, Any], np.ndarray[Any, Any] | None]:
-        meta: dict[str, Any] = {"gpu_processed": int(gpu_processed)}
-        if processing_time_ms is not None:
-            meta["processing_time_ms"] = float(processing_time_ms)
-        if gpu_memory_used_mb is not None:
-            meta["gpu_memory_used_mb"] = float(gpu_memory_used_mb)
+        # The row's columns keep their types (INTEGER, REAL): checked here, with the names
+        # of the arguments, before anything reaches a table.
+        meta: dict[str, Any] = {"gpu_processed": gpu_processed,
+                                "processing_time_ms": _real(processing_time_ms),
+                                "gpu_memory_used_mb": _real(gpu_memory_used_mb)}
+        meta = {k: v for k, v in check_meta(meta).items() if v is not None}
+        meta["gpu_processed"] = int(meta["gpu_processed"])
         vec = None
         if self.embed is not None:
             vec = await self._embedding(prompt)

@@ -19,6 +19,7 @@ The tree::
     ├── TierUnavailableError                      a tier is down, switched off, or breaker open
     ├── VersionConflictError                      optimistic concurrency check failed (L5)
     ├── BackendError                              a backend failed in a way not covered above
+    │   └── WriteRefusedError                     the tier reads but refuses writes (OOM, disk full)
     └── MissingDependencyError      (ImportError) optional driver missing; names the extra
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "UnsupportedValueError",
     "ValueTooLargeError",
     "VersionConflictError",
+    "WriteRefusedError",
 ]
 
 
@@ -103,6 +105,13 @@ class VersionConflictError(SophiaMemoryError):
 
 class BackendError(SophiaMemoryError):
     """A backend failed in a way no more specific error describes (driver error, I/O error)."""
+
+
+class WriteRefusedError(BackendError):
+    """The tier answers but refuses writes: Redis out of memory under ``noeviction``, a Redis
+    that cannot persist (``MISCONF``) or is read-only, a full disk under SQLite. Reads keep
+    being served; writes to the tier fail (as :class:`TierUnavailableError`, with this as the
+    cause) until it accepts them again."""
 
 
 class MissingDependencyError(SophiaMemoryError, ImportError):

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
-from ._support import canonical_hash
-from .backends import Searchable, Versioned, is_pool_value
+from ._support import canonical_hash, check_meta, check_search, ttl_seconds
+from .backends import Searchable, Versioned, check_pool_value, is_pool_value
 from .clock import Clock, SystemClock
 from .config import MemoryConfig, tier_of
 from .engine import Engine, InProcessTier, RemoteTier, TierHandle
-from .errors import InvalidArgumentError, InvalidKeyError, UnsupportedValueError, ValueTooLargeError
+from .errors import InvalidArgumentError, InvalidKeyError, ValueTooLargeError
 from .tiers import Entry, Hit, Record, Tier
 
-__all__ = ["Memory"]
+__all__ = ["Cached", "Memory"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -138,22 +137,14 @@ class Memory:
         return tier if type(tier) is Tier else tier_of(tier)
 
     def _expiry(self, ttl: float | timedelta | None, now: float) -> float | None:
-        if ttl is None:
-            return None
-        if isinstance(ttl, timedelta):
-            ttl = ttl.total_seconds()
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
-            raise InvalidArgumentError(f"ttl must be a number of seconds, got {ttl!r}")
-        if ttl <= 0:
-            raise InvalidArgumentError(f"ttl must be positive, got {ttl!r}")
-        return now + ttl
+        seconds = ttl_seconds(ttl)  # refuses bad TTLs before any tier sees them
+        return None if seconds is None else now + seconds
 
     def _record(self, slot: TierHandle, value: Any, expires_at: float | None, now: float, *,
                 pool: str | None = None, meta: Mapping[str, Any] | None = None) -> Record:
         core = self._core
         if slot.tier is Tier.GPU and not is_pool_value(value):
-            raise UnsupportedValueError("Tier.GPU holds arrays and dicts of arrays, not "
-                                        f"{type(value).__qualname__}")
+            check_pool_value(value)  # raises, naming the dtype when that is the problem
         if pool is not None and slot.tier is not Tier.GPU:
             raise InvalidArgumentError("pool= applies to Tier.GPU only")
         limit = core.config.max_value_bytes
@@ -188,9 +179,10 @@ class Memory:
         try:
             if _SEP not in key:
                 full = self._prefix + key if self._prefix else key
-                for peek, st in self._fast:
-                    rec = peek(full)
-                    if rec is not None:
+                for resident, read, touch, st in self._fast:
+                    if full in resident:
+                        rec = read(full)
+                        touch(full)
                         exp = rec.expires_at
                         if (exp is None or exp > self._now()) and st.hits & _SAMPLE:
                             st.hits += 1
@@ -249,9 +241,12 @@ class Memory:
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the keys found (misses are left out). Each tier is asked once
         for all keys still missing."""
-        prefix, limit, key = self._prefix, self._core.config.max_key_bytes, self._key
-        full = [prefix + k if (type(k) is str and k and k.isascii() and len(k) <= limit
-                               and _SEP not in k) else key(k) for k in keys]
+        prefix, limit = self._prefix, self._core.config.max_key_bytes
+        keys = keys if type(keys) is list else list(keys)
+        if _plain_keys(keys, limit):  # the common case, checked for all keys at once
+            full = [prefix + k for k in keys] if prefix else keys
+        else:
+            full = [self._key(k) for k in keys]
         found = await self._core.lookup_many(full)
         if not prefix:
             return found
@@ -293,9 +288,36 @@ class Memory:
         :class:`UnsupportedValueError`, :class:`ValueTooLargeError` (nothing is stored), or
         :class:`TierUnavailableError` when the home tier is off or failing.
         """
-        full = self._key(key)
         core = self._core
-        slot = core.slot(self._tier(tier))
+        slot = core.by_tier.get(tier) if type(tier) is Tier else None
+        if slot is None:
+            slot = core.slot(self._tier(tier))
+        if (type(slot) is InProcessTier and slot.tier is not Tier.GPU and pool is None
+                and meta is None and vector is None and expected_version is None):
+            # A live object to an in-process home (SESSION by default): the put without the
+            # work its other arguments need.
+            limit = core.config.max_key_bytes
+            if (type(key) is str and key and key.isascii() and len(key) <= limit
+                    and _SEP not in key):
+                full = self._prefix + key if self._prefix else key
+            else:
+                full = self._key(key)
+            now = self._now()
+            size = core.codec.measure(value)
+            if size > core.config.max_value_bytes:
+                raise ValueTooLargeError(size, core.config.max_value_bytes)
+            if not slot.fits(size):
+                raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
+            rec = Record(value, None if ttl is None else self._expiry(ttl, now), True, size, 0,
+                         now, {})
+            if core.put_nowait(full, rec, slot):
+                if core.spiller.over():
+                    await core.spiller.wait_for_room()  # backpressure, holding no key
+                return None
+            return await core.write({full: rec}, slot)
+        full = self._key(key)
+        if meta is not None:
+            meta = check_meta(meta)  # every tier can keep it; columns get their types
         if expected_version is not None:
             if not isinstance(slot, RemoteTier) or slot.versioned is None:
                 raise InvalidArgumentError(f"expected_version applies to a versioned tier "
@@ -371,8 +393,7 @@ class Memory:
     async def search_batch(self, vectors: Any, k: int = 10, *, metric: str | None = None,
                            min_score: float | None = None) -> list[list[Hit]]:
         """:meth:`search` for many query vectors at once (one matrix product)."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidArgumentError(f"k must be an int >= 1, got {k!r}")
+        check_search(k, metric, min_score)
         core = self._core
         slot = core.slot(Tier.VECTOR)
         searchable = _searchable(slot)
@@ -438,27 +459,17 @@ class Memory:
     def cached(self, *, tier: Tier | str | int | None = None,
                ttl: float | timedelta | None = None,
                key: Callable[..., str] | None = None,
-               ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+               ) -> Callable[[Callable[P, Awaitable[R]]], Cached[P, R]]:
         """Decorator memoising an async function in this memory (single-flight per key).
 
         The key is the function's qualified name plus a stable hash of its bound arguments
-        (JSON-like arguments only), or ``key(*args, **kwargs)`` when given.
+        (JSON-like arguments only), or ``key(*args, **kwargs)`` when given. The decorated
+        function also has ``.key(*args, **kwargs)`` (the key a call uses) and
+        ``await .invalidate(*args, **kwargs)`` (forget that call's result; True if one was
+        held).
         """
-        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-            sig = inspect.signature(fn)
-            name = f"{fn.__module__}.{fn.__qualname__}"
-
-            @functools.wraps(fn)
-            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                if key is not None:
-                    k = key(*args, **kwargs)
-                else:
-                    bound = sig.bind(*args, **kwargs)
-                    bound.apply_defaults()
-                    k = f"{name}:{canonical_hash(bound.arguments)[:40]}"
-                return cast(R, await self.get_or_load(k, lambda: fn(*args, **kwargs),
-                                                      tier=tier, ttl=ttl))
-            return wrapper
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Cached[P, R]:
+            return Cached(self, fn, tier=tier, ttl=ttl, key=key)
         return decorate
 
     # -- maintenance ------------------------------------------------------------------------------
@@ -499,6 +510,8 @@ class Memory:
                 "budget_ms": slot.tier.budget_ms,
                 "within_budget": None if p95 is None else p95 <= slot.tier.budget_ms,
                 "breaker": slot.breaker.state if isinstance(slot, RemoteTier) else "closed",
+                "write_breaker": slot.write_breaker.state if isinstance(slot, RemoteTier)
+                else "closed", "refused": st.refused,
                 **_safe_stats(slot),
             }
         for tier, why in core.unavailable.items():
@@ -510,6 +523,17 @@ class Memory:
                 "spilling": engine["spill"]["items"], "taken_at": time.time()}
 
 
+def _plain_keys(keys: list[Any], limit: int) -> bool:
+    """Whether every key is a non-empty ASCII ``str`` (not a subclass) of at most ``limit``
+    bytes without the separator: what :meth:`Memory._key` accepts, checked by a few C-level
+    passes over all keys instead of a Python loop (False: check them one by one)."""
+    if not keys or set(map(type, keys)) != {str}:
+        return not keys
+    joined = "".join(keys)
+    return (joined.isascii() and _SEP not in joined and all(keys)
+            and (len(joined) <= limit or max(map(len, keys)) <= limit))
+
+
 def _searchable(slot: TierHandle) -> Searchable | None:
     return slot.searchable if isinstance(slot, RemoteTier) else None
 
@@ -519,3 +543,53 @@ def _safe_stats(slot: TierHandle) -> dict[str, Any]:
         return {"backend_stats": slot.backend.stats()}
     except Exception as exc:  # stats must never raise
         return {"backend_stats": {"error": str(exc)}}
+
+
+class Cached(Generic[P, R]):
+    """An async function memoised by :meth:`Memory.cached`: call it as the function; ``key``
+    and ``invalidate`` take the same arguments. On a method it binds on access; the instance
+    is not part of the key (pass ``key=`` to make it so)."""
+
+    def __init__(self, mem: Memory, fn: Callable[P, Awaitable[R]], *,
+                 tier: Tier | str | int | None, ttl: float | timedelta | None,
+                 key: Callable[..., str] | None, bound: Any = _MISSING) -> None:
+        self._mem = mem
+        self._fn = fn
+        self._tier = tier
+        self._ttl = ttl
+        self._key_fn = key
+        self._bound = bound  # the instance, when this is a method read from one
+        self._sig = inspect.signature(fn)
+        self._name = f"{fn.__module__}.{fn.__qualname__}"
+        functools.update_wrapper(self, fn)
+
+    def _args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return args if self._bound is _MISSING else (self._bound, *args)
+
+    def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The memory key a call with these arguments reads and writes."""
+        full = self._args(args)
+        if self._key_fn is not None:
+            return self._key_fn(*full, **kwargs)
+        bound = self._sig.bind(*full, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        if self._bound is not _MISSING:
+            arguments.pop(next(iter(self._sig.parameters)))  # the instance is not hashed
+        return f"{self._name}:{canonical_hash(arguments)[:40]}"
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        full = self._args(args)
+        return cast(R, await self._mem.get_or_load(
+            self.key(*args, **kwargs), lambda: self._fn(*full, **kwargs),
+            tier=self._tier, ttl=self._ttl))
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Forget the result cached for these arguments; True if one was held."""
+        return await self._mem.delete(self.key(*args, **kwargs))
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return Cached(self._mem, self._fn, tier=self._tier, ttl=self._ttl, key=self._key_fn,
+                      bound=instance)

@@ -12,14 +12,16 @@ on a background thread and runs each call of the async :class:`~sophia_memory.Me
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .clock import Clock
+from .config import MemoryConfig
 from .memory import Memory
+from .tiers import Entry, Hit, Tier
 
 __all__ = ["SyncMemory"]
 
@@ -45,8 +47,10 @@ class _LoopThread:
 class SyncMemory:
     """Every coroutine method of :class:`Memory` as a blocking call, same names and arguments.
 
-    ``cached`` is not offered (it decorates async functions); use ``get_or_load`` with a
-    plain function as the loader instead.
+    Each method is spelled out with its signature, so a type checker catches a misspelt
+    method or argument (a test keeps them equal to :class:`Memory`'s). ``cached`` is not
+    offered (it decorates async functions); use ``get_or_load`` with a plain function as the
+    loader instead.
     """
 
     def __init__(self, memory: Memory, runner: _LoopThread, owner: bool = True) -> None:
@@ -55,28 +59,90 @@ class SyncMemory:
         self._owner = owner
 
     @classmethod
-    def open(cls, *args: Any, **kwargs: Any) -> SyncMemory:
+    def open(cls, config: MemoryConfig | None = None, *, clock: Clock | None = None,
+             **options: Any) -> SyncMemory:
         """Open a :class:`Memory` (same arguments as :meth:`Memory.open`)."""
         runner = _LoopThread()
         try:
-            memory = Memory.open(*args, **kwargs)
+            memory = Memory.open(config, clock=clock, **options)
         except BaseException:
             runner.stop()
             raise
         return cls(memory, runner)
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "cached":
-            raise AttributeError("SyncMemory has no cached(); use get_or_load with a loader")
-        attr = getattr(self._memory, name)
-        if not inspect.iscoroutinefunction(attr):
-            return attr
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(coro)
 
-        @functools.wraps(attr)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._runner.run(attr(*args, **kwargs))
+    # -- what Memory offers, blocking -----------------------------------------------------------
 
-        return call
+    @property
+    def config(self) -> MemoryConfig:
+        return self._memory.config
+
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        return self._memory.tiers
+
+    def get(self, key: str, default: Any = None, *, version: int | None = None) -> Any:
+        return self._run(self._memory.get(key, default, version=version))
+
+    def get_entry(self, key: str, *, promote: bool = True) -> Entry | None:
+        return self._run(self._memory.get_entry(key, promote=promote))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        return self._run(self._memory.get_many(keys))
+
+    def exists(self, key: str) -> bool:
+        return self._run(self._memory.exists(key))
+
+    def history(self, key: str, limit: int | None = None) -> list[Entry]:
+        return self._run(self._memory.history(key, limit))
+
+    def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
+            ttl: float | timedelta | None = None, pool: str | None = None,
+            expected_version: int | None = None, meta: Mapping[str, Any] | None = None,
+            vector: Any = None) -> int | None:
+        return self._run(self._memory.put(key, value, tier=tier, ttl=ttl, pool=pool,
+                                          expected_version=expected_version, meta=meta,
+                                          vector=vector))
+
+    def put_many(self, items: Mapping[str, Any], *, tier: Tier | str | int | None = None,
+                 ttl: float | timedelta | None = None,
+                 vectors: Mapping[str, Any] | None = None) -> None:
+        self._run(self._memory.put_many(items, tier=tier, ttl=ttl, vectors=vectors))
+
+    def delete(self, key: str) -> bool:
+        return self._run(self._memory.delete(key))
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        return self._run(self._memory.delete_many(keys))
+
+    def get_or_load(self, key: str, loader: Callable[[], Awaitable[Any] | Any], *,
+                    tier: Tier | str | int | None = None,
+                    ttl: float | timedelta | None = None,
+                    meta: Mapping[str, Any] | None = None) -> Any:
+        return self._run(self._memory.get_or_load(key, loader, tier=tier, ttl=ttl, meta=meta))
+
+    def search(self, vector: Any, k: int = 10, *, metric: str | None = None,
+               min_score: float | None = None) -> list[Hit]:
+        return self._run(self._memory.search(vector, k, metric=metric, min_score=min_score))
+
+    def search_batch(self, vectors: Any, k: int = 10, *, metric: str | None = None,
+                     min_score: float | None = None) -> list[list[Hit]]:
+        return self._run(self._memory.search_batch(vectors, k, metric=metric,
+                                                   min_score=min_score))
+
+    def keys(self, tier: Tier | str | int) -> list[str]:
+        return self._run(self._memory.keys(tier))
+
+    def flush(self) -> None:
+        self._run(self._memory.flush())
+
+    def purge_expired(self) -> int:
+        return self._run(self._memory.purge_expired())
+
+    def stats(self) -> dict[str, Any]:
+        return self._memory.stats()
 
     def namespace(self, name: str) -> SyncMemory:
         """A namespace view (see :meth:`Memory.namespace`) on the same loop."""

@@ -39,7 +39,7 @@ from .base import (
 )
 from .inprocess import open_memory
 from .pools import open_cupy, open_host
-from .pools.hostpool import is_pool_value
+from .pools.hostpool import check_pool_value, is_pool_value
 from .redis import SCHEMES as REDIS_SCHEMES
 from .redis import open_redis
 from .sql import open_snowflake, open_sqlite
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from ..tiers import Tier
 
 __all__ = ["Backend", "BackendURL", "BarePayloads", "Evicting", "Invalidating", "ObjectStore",
-           "Purging", "Remote", "Searchable", "Versioned", "is_pool_value", "open_backend",
-           "parse_url", "register"]
+           "Purging", "Remote", "Searchable", "Versioned", "check_pool_value", "is_pool_value",
+           "open_backend", "parse_url", "register"]
 
 Factory = Callable[[BackendURL, "Tier", "MemoryConfig"], Backend]
 _FACTORIES: dict[str, tuple[Factory, tuple[str, ...] | None]] = {}

@@ -32,7 +32,7 @@ group; the factory receives the parsed URL.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..errors import ConfigError
@@ -107,7 +107,17 @@ class Backend(ABC):
 
 @runtime_checkable
 class ObjectStore(Protocol):
-    """Holds live Python objects in ``Record.payload``; ``peek`` reads without awaiting."""
+    """Holds live Python objects in ``Record.payload``; ``peek`` reads without awaiting.
+
+    The hot path reads without calling a Python function where it can: ``resident`` contains
+    the keys held now (a live view, the same object for the store's life), ``read(key)`` is
+    the record of a resident key and ``touch(key)`` marks it used for eviction (a no-op where
+    ``read`` already does). ``peek`` is the same read in one call.
+    """
+
+    resident: Container[str]
+    read: Callable[[str], Record]
+    touch: Callable[[str], object]
 
     def peek(self, key: str) -> Record | None:
         """The record under ``key`` (marking it used for eviction), or None."""

@@ -103,16 +103,21 @@ class TierChain:
         now = self.now()
         gens = self.order.gens
         found: dict[str, Any] = {}
-        remaining = list(dict.fromkeys(keys))
+        remaining = keys  # a key asked twice is looked up twice here, once below
         for near in self.local:
             if not remaining:
                 return found
-            peek, rest, live = near.peek, [], 0
+            resident = near.resident
+            if not resident:  # an empty tier (often the GPU pools): nothing to look at
+                near.stats.misses += len(remaining)
+                continue
+            read, touch, rest, live = near.read, near.touch, [], 0
             for k in remaining:
-                rec = peek(k)
-                if rec is None:
+                if k not in resident:
                     rest.append(k)
                     continue
+                rec = read(k)
+                touch(k)
                 exp = rec.expires_at
                 if exp is not None and exp <= now:
                     near.discard(k, rec)
@@ -123,6 +128,8 @@ class TierChain:
             near.stats.hits += live
             near.stats.misses += len(rest)
             remaining = rest
+        if len(remaining) > 1:
+            remaining = [k for k in dict.fromkeys(remaining) if k not in found]
         if remaining and self.spiller.buffer:
             pending, rest = self.spiller.pending, []
             for k in remaining:

@@ -126,8 +126,10 @@ class Engine:
                 if isinstance(backend, Invalidating) and any(
                         isinstance(t, InProcessTier) for t in chain[: tier.index]):
                     backend.set_invalidation_listener(self._remote_writes)
-        #: The hot path's view: (peek, stats) of each in-process tier, fastest first.
-        self.fast = tuple((t.peek, t.stats) for t in chain if isinstance(t, InProcessTier))
+        #: The hot path's view: (resident keys, read, touch, stats) of each in-process tier,
+        #: fastest first; a tier that lacks the key costs a membership test, not a call.
+        self.fast = tuple((t.resident, t.read, t.touch, t.stats) for t in chain
+                          if isinstance(t, InProcessTier))
         self.purge_wanted = config.purge_interval > 0 and any(
             isinstance(t, RemoteTier) and t.purging is not None for t in chain)
 
@@ -239,6 +241,18 @@ class Engine:
         if self.purger is None and self.purge_wanted:
             self.purger = asyncio.get_running_loop().create_task(self._purge_loop())
         return version
+
+    def put_nowait(self, key: str, rec: Record, tier: InProcessTier) -> bool:
+        """:meth:`write` of one record to an in-process home, done now when nothing needs a
+        suspension (see :meth:`.Writer.put_nowait`); False when it must be awaited. The
+        caller then relieves backpressure: ``if engine.spiller.over(): await
+        engine.spiller.wait_for_room()``."""
+        self.check_open()
+        if not self.writer.put_nowait(key, rec, tier):
+            return False
+        if self.purger is None and self.purge_wanted:
+            self.purger = asyncio.get_running_loop().create_task(self._purge_loop())
+        return True
 
     async def delete(self, keys: list[str]) -> int:
         self.check_open()

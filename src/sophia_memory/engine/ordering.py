@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["KeyOrder"]
 
 STRIPES = 4096
-MASK = STRIPES - 1
+MASK = STRIPES - 1  # writes.Writer.put_nowait inlines it
 
 
 class KeyOrder:
@@ -97,8 +97,16 @@ class _Writing(_Holding):
     __slots__ = ()
 
     async def __aenter__(self) -> None:
-        await super().__aenter__()
         order = self.order
+        locks, taken = order.locks, 0
+        try:
+            for s in self.stripes:
+                await locks[s].acquire()
+                taken += 1
+        except BaseException:
+            for s in self.stripes[:taken]:
+                locks[s].release()
+            raise
         gens = order.gens
         for s in self.stripes:
             gens[s] += 1
@@ -107,9 +115,9 @@ class _Writing(_Holding):
 
     async def __aexit__(self, *exc: object) -> None:
         order = self.order
-        gens = order.gens
+        gens, locks = order.gens, order.locks
         for s in self.stripes:
             gens[s] += 1
+            locks[s].release()
         order.epoch += 1
         order.active -= 1
-        await super().__aexit__()

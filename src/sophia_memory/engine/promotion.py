@@ -8,6 +8,12 @@ promotion can never install a value older than one a concurrent put or delete le
 Default policy: into SESSION on the first hit; an array that fits the GPU pools waits for its
 second hit and then goes into GPU and SESSION together (copied into SESSION at once, its later
 hits would be in-process and never counted).
+
+Admission: a bounded target whose backend is :class:`~sophia_memory.policies.Admitting` (the
+in-process tier) is asked first, and a copy is made only when the target's frequency estimate
+says the key is seen more often than what it would evict there (TinyLFU admission, for a
+``wtinylfu`` tier). So a scan of keys read once from a slower tier cannot flush the faster
+one; each offer counts as a sighting, so a key read again and again does get in.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 from ..backends import is_pool_value
 from ..codecs import Codec
 from ..errors import SophiaMemoryError, TierUnavailableError, ValueTooLargeError
+from ..policies import Admitting
 from ..tiers import Record, Tier
 from .handles import InProcessTier, RemoteTier, TierHandle
 from .ordering import KeyOrder
@@ -49,6 +56,11 @@ class Promoter:
         self.now = now
         self.gpu = next((t for t in chain if t.tier is Tier.GPU), None)
         self.session = next((t for t in chain if t.tier is Tier.SESSION), None)
+        #: Admission by target (tiers whose backend decides what is worth a copy).
+        self.admission: dict[Tier, Admitting] = {
+            t.tier: t.backend for t in (self.gpu, self.session)
+            if t is not None and isinstance(t.backend, Admitting)}
+        self.refused = 0
         self.queue_size = queue_size
         self.queue: asyncio.Queue[_Job] | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -56,9 +68,11 @@ class Promoter:
         self.dropped = 0
         self.done = 0
 
-    def targets(self, key: str, value: Any, found: TierHandle) -> list[TierHandle]:
+    def targets(self, key: str, value: Any, found: TierHandle, size: int = 0
+                ) -> list[TierHandle]:
         targets: list[TierHandle] = []
         gpu = self.gpu
+        admission = self.admission
         if gpu is not None and gpu.index < found.index and is_pool_value(value):
             hits = self.array_hits.pop(key, 0) + 1
             if hits < 2:
@@ -66,15 +80,21 @@ class Promoter:
                 if len(self.array_hits) > _ARRAY_HITS_MAX:
                     self.array_hits.popitem(last=False)
                 return []
-            targets.append(gpu)
+            if gpu.tier not in admission or admission[gpu.tier].admit(key, size):
+                targets.append(gpu)
+            else:
+                self.refused += 1
         session = self.session
         if session is not None and session.index < found.index:
-            targets.append(session)
+            if session.tier not in admission or admission[session.tier].admit(key, size):
+                targets.append(session)
+            else:
+                self.refused += 1
         return targets
 
     def schedule(self, key: str, value: Any, rec: Record, found: TierHandle, gen0: int) -> None:
         """Queue the promotion of a hit read at generation ``gen0`` (never blocks)."""
-        targets = self.targets(key, value, found)
+        targets = self.targets(key, value, found, rec.size)
         if not targets:
             return
         queue = self.queue
@@ -152,4 +172,5 @@ class Promoter:
 
     def stats(self) -> dict[str, Any]:
         return {"queued": 0 if self.queue is None else self.queue.qsize(),
-                "max_queued": self.queue_size, "dropped": self.dropped, "done": self.done}
+                "max_queued": self.queue_size, "dropped": self.dropped, "done": self.done,
+                "refused": self.refused}

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._logging import RateLimited
 from ..codecs import Codec
 from ..errors import SophiaMemoryError, TierUnavailableError, ValueTooLargeError
 from ..tiers import Record, Tier
@@ -33,6 +34,7 @@ from .ordering import KeyOrder
 __all__ = ["Pending", "Spiller"]
 
 log = logging.getLogger("sophia_memory.spill")
+warn = RateLimited(log)  # one a minute per message, with a count of the rest
 
 _BATCH = 256
 
@@ -220,7 +222,7 @@ class Spiller:
                     try:
                         await self._move(keys)
                     except Exception as exc:  # a bug must not wedge every putter: drop
-                        log.error("spilling %d items failed: %r", len(keys), exc)
+                        warn.error("spilling %d items failed: %r", len(keys), exc)
                         for key in keys:
                             entry = self.buffer.get(key)
                             if entry is not None:
@@ -290,7 +292,7 @@ class Spiller:
         too, or they would stand in for it."""
         self.take(key)
         self._drop(entry.source, reason)
-        log.warning("spill of an item from %s dropped: %s", entry.source.tier, reason)
+        warn.warning("spill of an item from %s dropped: %s", entry.source.tier, reason)
         await self.remove_copies([key], entry.source.index, self.now())
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -22,15 +22,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from .._logging import RateLimited
 from ..errors import TierUnavailableError
 from ..tiers import Record, Tier
 from .handles import InProcessTier, RemoteTier, TierHandle
-from .ordering import KeyOrder
+from .ordering import MASK, KeyOrder
 from .spill import Spiller
 
 __all__ = ["Writer"]
 
 log = logging.getLogger("sophia_memory.writes")
+#: A failing tier makes the same warning fire for every write: one a minute, with a count.
+warn = RateLimited(log)
 
 _PROMOTED_INTO = (Tier.GPU, Tier.SESSION)
 
@@ -51,6 +54,44 @@ class Writer:
                              for h in chain]
         self.local_above = [[t for t in reversed(self.local) if t.index < h.index]
                             for h in chain]
+        # Per home position: the in-process tiers below it that promotion fills, and whether
+        # a put there can be done without suspending (an in-process home with no remote tier
+        # promotion fills below it).
+        self.local_promoted_below = [
+            [t for t in self.local if t.index > h.index and t.tier in _PROMOTED_INTO]
+            for h in chain]
+        self.nowait = [isinstance(h, InProcessTier) and not any(
+            isinstance(t, RemoteTier) and t.tier in _PROMOTED_INTO for t in chain[h.index + 1:])
+            for h in chain]
+
+    def put_nowait(self, key: str, rec: Record, home: InProcessTier) -> bool:
+        """The whole put of one record to an in-process home, done now, if it needs no
+        suspension: the key's stripe is free (no write or guarded read of it is in progress)
+        and no remote tier holds a copy this put must remove. False if it must go the
+        general way (:meth:`write`). Nothing can interleave with it, so steps 1-3 are one
+        atomic step; the stripe's generation moves on by two, as a finished write's does."""
+        order = self.order
+        stripe = hash(key) & MASK
+        spiller = self.spiller
+        if not self.nowait[home.index] or order.locks[stripe].locked() or key in spiller.copies:
+            return False
+        order.gens[stripe] += 2
+        order.epoch += 2
+        home.put_nowait(key, rec)
+        home.stats.puts += 1
+        if spiller.buffer:
+            entry = spiller.buffer.get(key)
+            if entry is not None and entry.value is not rec.payload:
+                spiller.take(key)
+        for tier in self.local_promoted_below[home.index]:
+            if key in tier.resident:
+                tier.pop_copy(key)
+        for near in self.local_above[home.index]:
+            if key in near.resident:
+                near.pop_nowait(key)
+        if spiller.copies:
+            spiller.forget_bits(key, (1 << home.index) - 1)
+        return True
 
     async def write(self, records: dict[str, Record], home: TierHandle,
                     expected_version: int | None = None) -> int | None:
@@ -157,7 +198,7 @@ class Writer:
                 await tier.drop(keys, now)
             except TierUnavailableError as exc:
                 tier.stale.update(keys)
-                log.warning("%s could not drop %d stale copies (%s); they are skipped on "
+                warn.warning("%s could not drop %d stale copies (%s); they are skipped on "
                             "reads until it recovers", tier.tier, len(keys), exc.reason)
         spiller = self.spiller
         if isinstance(home, RemoteTier) and spiller.buffer:  # in transit above the home

@@ -13,7 +13,9 @@
 * :func:`check_history` and :class:`HistoryRecorder` - a linearizability checker for per-key
   register histories and a recorder of concurrent clients of a ``Memory``.
 * :class:`GatedBackend` (``gated://name``) - an in-process backend whose calls suspend where a
-  test says (:class:`Gate`), so reads run while writes are half done.
+  test says (:class:`Gate`), so reads run while writes are half done, or fail where it says;
+  :class:`SharedGatedBackend` (``gated://name?shared=1``) also reports writes made
+  "elsewhere" to the engine's invalidation listener, as Redis key tracking does.
 
 The suite needs ``pytest`` and ``pytest-asyncio`` (``asyncio_mode = "auto"``);
 :class:`MemoryStateMachine` needs ``hypothesis`` and is imported only when first used.
@@ -22,7 +24,7 @@ The suite needs ``pytest`` and ``pytest-asyncio`` (``asyncio_mode = "auto"``);
 from typing import TYPE_CHECKING, Any
 
 from .backend import BackendTests
-from .gated import Gate, GatedBackend, gate, gated_data, reset_gated
+from .gated import Gate, GatedBackend, SharedGatedBackend, gate, gated_data, reset_gated
 from .linearizability import (
     ABSENT,
     NEVER,
@@ -52,6 +54,7 @@ __all__ = [
     "MemoryStateMachine",
     "Operation",
     "RecordingClient",
+    "SharedGatedBackend",
     "check_history",
     "check_key",
     "concurrent_pairs",

@@ -11,6 +11,7 @@ conflicts, history, ``get_version``) and ``Invalidating`` (the listener is accep
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,30 @@ __all__ = ["BackendTests"]
 
 NOW = 1_000_000.0
 HOSTILE_KEYS = ["a'b", 'a"b', "x; DROP TABLE t; --", "select", "ключ", "🔑", "a b", "%_", "\\"]
+
+
+#: Figures that only grow while a backend is open (where a backend reports them).
+_COUNTERS = frozenset({"writes", "commits", "statements", "commands", "batches",
+                       "write_batches", "merged_rows", "evictions", "invalidations"})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_plain(value: object, where: str) -> None:
+    """``value`` is made of JSON types, with string keys and finite numbers >= 0."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, str), f"{where}: key {k!r} is not a str"
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        assert math.isfinite(value) and value >= 0, f"{where} = {value!r}"
+    else:
+        assert value is None or isinstance(value, (str, bool)), f"{where} = {value!r}"
 
 
 class BackendTests:
@@ -148,8 +173,25 @@ class BackendTests:
         await b.close()
 
     async def test_describe_and_stats(self, backend: Backend) -> None:
-        assert isinstance(backend.describe(), str) and backend.describe()
-        assert isinstance(backend.stats(), dict)
+        """``describe()`` is one stable, non-empty line; ``stats()`` holds plain figures
+        (JSON types, string keys, numbers finite and >= 0) that follow the writes: an item
+        or row count grows by exactly the items put, and no counter goes backwards."""
+        text = backend.describe()
+        assert isinstance(text, str) and text.strip() and "\n" not in text, text
+        assert backend.describe() == text
+        before = backend.stats()
+        _check_plain(before, "stats()")
+        for i in range(3):
+            await backend.put(f"stats-{i}", self.record(i))
+        assert await backend.get("stats-2", NOW) is not None
+        after = backend.stats()
+        _check_plain(after, "stats()")
+        for name in ("items", "rows"):
+            if _is_number(before.get(name)):
+                assert after[name] == before[name] + 3, (name, before[name], after[name])
+        for name, value in before.items():
+            if name in _COUNTERS and _is_number(value):
+                assert _is_number(after.get(name)) and after[name] >= value, (name, after)
 
     async def test_purge_expired(self, backend: Backend) -> None:
         if not isinstance(backend, Purging):

@@ -11,13 +11,21 @@ is atomic, as one round trip or one transaction is). At each passage the gate ca
 * yield to the event loop a number of times drawn from its seeded random generator
   (``max_yields``; the same seed and program give the same interleaving), and
 * hold the call until the test releases it (:meth:`Gate.hold`, :meth:`Gate.release`), keyed
-  by method names, a key and the passage (``"before"`` or ``"after"``).
+  by method names, a key and the passage (``"before"`` or ``"after"``), and
+* make the call fail with :class:`~sophia_memory.errors.BackendError` before its effect
+  (:meth:`Gate.fail`), as a tier that drops a connection does.
+
+A ``shared=1`` backend (:class:`SharedGatedBackend`) also stands for a store that other
+processes write: it accepts the engine's invalidation listener, and
+:meth:`SharedGatedBackend.write_elsewhere` changes a record and reports the key the way Redis
+key tracking does; :meth:`SharedGatedBackend.report` reports without changing anything.
 
 Opened by URL once :mod:`sophia_memory.testing` is imported::
 
     Memory.open(tiers={Tier.CORTEX: "gated://c?yields=3&seed=7", ...})
 
-Options: ``yields`` (the most yields per passage, default 0), ``seed``, and ``persistent=1``:
+Options: ``yields`` (the most yields per passage, default 0), ``seed``, ``shared=1`` and
+``persistent=1``:
 the records live in a module-level dict by name, and a backend opened with ``persistent=1``
 finds what the last one of that name left (a restart); without it each open starts empty.
 :func:`gate` returns the gate of a name, :func:`gated_data` its records, :func:`reset_gated`
@@ -34,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..backends import Backend, BackendURL, register
+from ..backends.base import InvalidationListener
 from ..errors import BackendError, ConfigError
 from ..tiers import Record
 
@@ -41,7 +50,8 @@ if TYPE_CHECKING:
     from ..config import MemoryConfig
     from ..tiers import Tier
 
-__all__ = ["Gate", "GatedBackend", "Point", "gate", "gated_data", "reset_gated"]
+__all__ = ["Gate", "GatedBackend", "Point", "SharedGatedBackend", "gate", "gated_data",
+           "reset_gated"]
 
 #: Where a call passes its gate: before its effect or after it (before returning).
 Point = Literal["before", "after"]
@@ -59,6 +69,17 @@ class _Hold:
                 and (self.key is None or self.key in keys))
 
 
+@dataclass(eq=False)
+class _Failure:
+    methods: frozenset[str] | None
+    key: str | None
+    times: int
+
+    def matches(self, method: str, keys: tuple[str, ...]) -> bool:
+        return ((self.methods is None or method in self.methods)
+                and (self.key is None or self.key in keys))
+
+
 def _methods(methods: str | Iterable[str] | None) -> frozenset[str] | None:
     if methods is None:
         return None
@@ -73,6 +94,9 @@ class Gate:
         #: The most times a passage yields to the event loop (drawn uniformly from 0..this).
         self.max_yields = max_yields
         self._holds: list[_Hold] = []
+        self._failures: list[_Failure] = []
+        #: Calls made to fail so far: (method, keys).
+        self.failed: list[tuple[str, tuple[str, ...]]] = []
         #: Calls waiting at a hold now: (method, keys, point).
         self.parked: list[tuple[str, tuple[str, ...], Point]] = []
         #: The latest calls that passed (method, keys), oldest first.
@@ -96,6 +120,14 @@ class Gate:
                   if (h.methods, h.key, h.point) == (wanted, key, point)]:
             self._holds.remove(h)
             h.event.set()
+
+    def fail(self, methods: str | Iterable[str] | None = None, key: str | None = None,
+             times: int = 1) -> None:
+        """Make the next ``times`` calls of ``methods`` (None: any) touching ``key`` (None:
+        any) raise :class:`~sophia_memory.errors.BackendError` before their effect."""
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        self._failures.append(_Failure(_methods(methods), key, times))
 
     def release_all(self) -> None:
         for h in self._holds:
@@ -127,6 +159,13 @@ class Gate:
         """Where a gated call suspends: random yields, then any hold that matches."""
         if point == "before":
             self.log.append((method, keys))
+            failure = next((f for f in self._failures if f.matches(method, keys)), None)
+            if failure is not None:
+                failure.times -= 1
+                if not failure.times:
+                    self._failures.remove(failure)
+                self.failed.append((method, keys))
+                raise BackendError(f"gated call {method}{keys} failed as the test asked")
         if self.max_yields:
             for _ in range(self.rng.randint(0, self.max_yields)):
                 await asyncio.sleep(0)
@@ -268,6 +307,40 @@ class GatedBackend(Backend):
         return f"gated in-process store {self.name!r} (yields <= {self.gate.max_yields}{kept})"
 
 
+class SharedGatedBackend(GatedBackend):
+    """A gated backend that other processes write too: it reports their writes to the
+    engine's invalidation listener (:class:`~sophia_memory.backends.Invalidating`)."""
+
+    def __init__(self, name: str = "gated", *, gate: Gate | None = None,
+                 persistent: bool = False) -> None:
+        super().__init__(name, gate=gate, persistent=persistent)
+        self.listener: InvalidationListener | None = None
+        #: What was reported, in order: lists of keys, or None (everything may have changed).
+        self.reported: list[list[str] | None] = []
+
+    def set_invalidation_listener(self, listener: InvalidationListener) -> None:
+        self.listener = listener
+
+    def report(self, keys: list[str] | None) -> None:
+        """Tell the listener that ``keys`` (None: any key) changed elsewhere."""
+        self.reported.append(None if keys is None else list(keys))
+        if self.listener is not None:
+            self.listener(None if keys is None else list(keys))
+
+    def write_elsewhere(self, key: str, record: Record | None, *, report: bool = True) -> None:
+        """Another process puts ``record`` under ``key`` (None: deletes it); reported to the
+        listener at once unless ``report`` is false (then call :meth:`report` later)."""
+        if record is None:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = _copy(record)
+        if report:
+            self.report([key])
+
+    def describe(self) -> str:
+        return super().describe().replace("gated in-process store", "shared gated store")
+
+
 def _natural(url: BackendURL, name: str) -> int | None:
     """A non-negative integer option (0 is a value here, not "no limit"), or None."""
     value = url.options.get(name)
@@ -279,8 +352,10 @@ def _natural(url: BackendURL, name: str) -> int | None:
 
 
 def open_gated(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
-    """The ``gated://name?yields=N&seed=S&persistent=1`` factory (name: the tier's)."""
+    """The ``gated://name?yields=N&seed=S&persistent=1&shared=1`` factory (name: the
+    tier's)."""
     persistent = url.flag("persistent", False)
+    shared = url.flag("shared", False)
     yields, seed = _natural(url, "yields"), _natural(url, "seed")
     name = url.netloc or url.path.strip("/") or tier.name.lower()
     g = _gate_of(name)
@@ -288,7 +363,8 @@ def open_gated(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
         g.max_yields = yields
     if seed is not None:
         g.seed(seed)
-    return GatedBackend(name, gate=g, persistent=persistent)
+    kind = SharedGatedBackend if shared else GatedBackend
+    return kind(name, gate=g, persistent=persistent)
 
 
-register("gated", open_gated, ("persistent", "seed", "yields"))
+register("gated", open_gated, ("persistent", "seed", "shared", "yields"))

@@ -137,11 +137,13 @@ def _step(op: Operation, index: int, state: int, values: Sequence[Any],
     return state if state != _NO_VALUE and same(values[state], out) else None
 
 
-def _linearizable(ops: Sequence[Operation], same: Same) -> tuple[bool, list[int]]:
+def _linearizable(ops: Sequence[Operation], same: Same,
+                  tally: list[int] | None = None) -> tuple[bool, list[int]]:
     """Wing & Gong's search with Lowe's cache over one key's operations.
 
     Returns whether a linearization exists and the longest legal order found (indexes into
-    ``ops``), for the report.
+    ``ops``), for the report. ``tally[0]`` is increased by the number of configurations the
+    search explored (the size of its cache): the measure of its work.
     """
     n = len(ops)
     if n == 0:
@@ -199,11 +201,15 @@ def _linearizable(ops: Sequence[Operation], same: Same) -> tuple[bool, list[int]
         if len(stack) > len(best):
             best = [events[s][2] for s, _ in stack]
         if not stack:
+            if tally is not None:
+                tally[0] += len(cache)
             return False, best
         e, state = stack.pop()
         linearized &= ~(1 << events[e][2])
         unlift(e)
         e = nxt[e]
+    if tally is not None:
+        tally[0] += len(cache)
     return True, [events[s][2] for s, _ in stack]
 
 
@@ -229,6 +235,9 @@ class CheckResult:
     longest: tuple[Operation, ...] = ()
     keys_checked: int = 0
     operations: int = 0
+    #: Configurations (linearized set, register state) the search explored, over every key
+    #: checked: its work, independent of the machine's speed.
+    explored: int = 0
 
     def __bool__(self) -> bool:
         return self.ok
@@ -329,15 +338,16 @@ def check_history(history: Iterable[Operation], same: Same = _equal) -> CheckRes
             raise ValueError(f"operation returns before it is called: {op}")
         by_key.setdefault(op.key, []).append(op)
         count += 1
+    tally = [0]
     for key in sorted(by_key):
         ops = by_key[key]
-        if check_key(ops, same):
+        if _linearizable(ops, same, tally)[0]:
             continue
         small = _reduce(ops, same)
         _, order = _linearizable(small, same)
         return CheckResult(False, key, tuple(ops), tuple(small),
-                           tuple(small[i] for i in order), len(by_key), count)
-    return CheckResult(True, keys_checked=len(by_key), operations=count)
+                           tuple(small[i] for i in order), len(by_key), count, tally[0])
+    return CheckResult(True, keys_checked=len(by_key), operations=count, explored=tally[0])
 
 
 def concurrent_pairs(history: Iterable[Operation]) -> int:

@@ -27,6 +27,7 @@ spilled copy then expires too), so the slower home *or* nothing is accepted.
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import tempfile
 from collections import Counter
@@ -105,6 +106,10 @@ class MemoryStateMachine(RuleBasedStateMachine):
     session_max_items: ClassVar[int | None] = None
     #: Totals of :data:`COUNTERS` over every run of this class (see :func:`exercised`).
     exercised: ClassVar[Counter[str]] = Counter()
+    #: Seconds one step (or the closing teardown) may take before the run fails as hung,
+    #: with the stacks of the tasks still pending: a guard against hanging, not a timing
+    #: claim.
+    step_guard: ClassVar[float] = 120.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,7 +126,21 @@ class MemoryStateMachine(RuleBasedStateMachine):
         raise NotImplementedError
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(coro)
+        return self.loop.run_until_complete(self._guarded(coro))
+
+    async def _guarded(self, coro: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait([task], timeout=self.step_guard)
+        if done:
+            return task.result()
+        stacks = io.StringIO()
+        for pending in asyncio.all_tasks():
+            if pending is not asyncio.current_task():
+                print(repr(pending), file=stacks)
+                pending.print_stack(limit=20, file=stacks)
+        task.cancel()
+        raise AssertionError(f"a step did not finish within {self.step_guard} s; pending "
+                             f"tasks:\n{stacks.getvalue()}")
 
     def teardown(self) -> None:
         cls = type(self)

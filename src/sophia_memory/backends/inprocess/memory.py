@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...policies import BoundedStore, EvictionListener, policy_from_name
+from ...policies import (
+    DEFAULT_POLICY,
+    BoundedStore,
+    EvictionListener,
+    policy_from_name,
+    policy_name,
+)
 from ...tiers import Record
 from ..base import Backend
 
@@ -16,19 +22,33 @@ __all__ = ["MemoryBackend"]
 
 
 class MemoryBackend(Backend):
-    """A bounded in-process store; LRU by default, bounded by items and/or bytes."""
+    """A bounded in-process store, bounded by items and/or bytes, evicting by ``policy`` (a
+    name from :data:`~sophia_memory.policies.POLICY_NAMES`; ConfigError names them when it is
+    not one).
+
+    With ``admission`` (off by default) it is :class:`~sophia_memory.policies.Admitting`:
+    promotion asks ``admit`` before it copies a hit from a slower tier here, and the copy is
+    made only when the key is seen more often than what it would evict
+    (:meth:`~sophia_memory.policies.EvictionPolicy.admit`), so a scan read from a slower tier
+    cannot flush this one. Without it every hit below is promoted.
+    """
 
     scheme = "memory"
 
     def __init__(self, max_items: int | None = 100_000, max_bytes: int | None = None,
-                 policy: str = "lru") -> None:
+                 policy: str = DEFAULT_POLICY, admission: bool = False) -> None:
         self._store = BoundedStore(max_items, max_bytes, policy_from_name(policy))
-        self._policy_name = policy
+        self._policy_name = policy_name(policy)
         # The hot path calls these directly (ObjectStore protocol).
         self.peek = self._store.peek
+        self.resident = self._store.data
+        self.read = self._store.data.__getitem__
+        self.touch = self._store.touch
         self.put_nowait = self._store.set
         self.pop_nowait = self._store.pop
         self.fits = self._store.fits
+        if admission:
+            self.admit = self._store.admit
 
     def discard(self, key: str, record: Record) -> None:
         if self._store.data.get(key) is record:

@@ -28,8 +28,9 @@ SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+
            "rediss+sentinel")
 
 #: Ours, on every scheme: the key prefix, the per-call deadline in seconds (default
-#: ``call_timeout``), invalidation by key tracking (0/1), the hiredis fast path (0/1).
-OPTIONS = ("prefix", "timeout", "tracking", "wire")
+#: ``call_timeout``), invalidation by key tracking (0/1), the auto-pipelined fast path (0/1)
+#: and how many connections it shares among all callers (default 2).
+OPTIONS = ("connections", "prefix", "timeout", "tracking", "wire")
 
 _INTEGERS = ("db", "health_check_interval", "max_connections", "protocol", "socket_read_size",
              "ssl_min_version")
@@ -65,13 +66,14 @@ def open_redis(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
     timeout = url.seconds("timeout", config.call_timeout)
     tracking = url.flag("tracking", True)
     wire = url.flag("wire", False) if "wire" in url.options else None
-    if wire and url.scheme.endswith("+cluster"):
-        raise ConfigError(f"{url.redacted()}: wire=1 is not available on Redis Cluster: its "
-                          "client routes each key to its node")
+    connections = url.options.get("connections", "2")
+    if not connections.isdigit() or not 1 <= int(connections) <= 64:
+        raise ConfigError(f"{url.redacted()}: option connections={connections!r}: takes an "
+                          "integer from 1 to 64")
     driver = {k: v for k, v in url.options.items() if k in DRIVER_OPTIONS}
     query = f"?{urlencode(driver)}" if driver else ""
 
     from .backend import RedisBackend
 
     return RedisBackend.from_url(f"{url.scheme}://{url.netloc}{url.path}{query}", prefix,
-                                 timeout, tracking, wire)
+                                 timeout, tracking, wire, connections=int(connections))

@@ -11,13 +11,24 @@ refuses anything it did not write: nothing is ever unpickled unless the signed p
 is configured.
 
 Keys are stored under a prefix (``?prefix=``, default ``sm:``). ``get_many`` is one ``MGET``
-(one per hash slot on Cluster); ``put_many`` is one ``MSET`` when no item has a TTL, else one
-non-transactional pipeline (``SET ... PX`` per item), as is ``delete_many``. Except on
-Cluster, commands are packed by hiredis and sent on the client's own pooled connections
-(:class:`~._wire.Wire`), and ``get_payloads`` reads values without building records. Driver errors
-become :class:`BackendError`; the front bounds each call by ``call_timeout`` (redis-py's
-``socket_timeout`` is off unless the URL sets it) and adds a circuit breaker (this backend is
-:class:`Remote`).
+(one per hash slot on Cluster); ``put_many`` is one ``MSET`` (one per hash slot on Cluster)
+when no item has a TTL, else one non-transactional pipeline (``SET ... PX`` per item), as is
+``delete_many``. Commands are auto-pipelined (:class:`~._wire.Wire`): every command issued in
+one event-loop iteration, by any number of coroutines, is packed by hiredis and written at once
+on a small fixed set of connections (``?connections=``, default 2), and each reply goes back to
+its caller; ``get_payloads`` reads values without building records. On Cluster this is done
+per node (:class:`~._wire.ClusterWire`: each key's command goes to the Wire of the node that
+owns its slot; a redirection or an unreachable node sends that command through the cluster
+client's own method, which follows it). ``?wire=0`` uses the client's methods instead.
+
+Failures are classified once (:func:`~sophia_memory._support.fault_of`) and mapped here, at the
+edge: an error reply that is the command's own fault (``WRONGTYPE``: the key holds another
+type; ``ERR``: an argument the server refused) becomes :class:`DecodeError` or
+:class:`InvalidArgumentError` for that call alone; a server that refuses writes (``OOM`` under
+``noeviction``, ``MISCONF``, ``READONLY``) :class:`WriteRefusedError`; anything else
+:class:`BackendError`. The front bounds each call by ``call_timeout`` (redis-py's
+``socket_timeout`` is off unless the URL sets it) and keeps a circuit breaker for the tier and
+one for its writes (this backend is :class:`Remote`).
 
 Coherence between processes: when the front keeps in-process copies above this tier, it
 registers an invalidation listener, and the backend keeps one extra connection (RESP2) with
@@ -41,11 +52,12 @@ from typing import Any
 
 import msgpack
 
-from ...errors import BackendError, ConfigError, MissingDependencyError
+from ..._support import library_error
+from ...errors import ConfigError, MissingDependencyError
 from ...tiers import Record
 from ..base import Backend, InvalidationListener
 from ._tracker import Tracker
-from ._wire import wire_for
+from ._wire import ClusterWire, Wire, cluster_wire_for, wire_for
 
 log = logging.getLogger("sophia_memory")
 
@@ -56,6 +68,7 @@ _MAGIC = b"SMr2"
 #: the length of the msgpack-encoded ``extra`` that follows it (0: none); then the payload.
 _HEAD = struct.Struct("<4sddqqBI")
 _EXPIRY_GRACE_MS = 60_000
+_FAILED = "Redis call failed"
 
 
 def _pack(rec: Record) -> bytes:
@@ -92,8 +105,9 @@ class RedisBackend(Backend):
     ``client`` is a ``redis.asyncio`` client (or a compatible one, e.g. fakeredis);
     ``tracking`` builds a RESP2 client to the same server for the tracking link (None: no
     invalidation of other processes' copies). ``wire`` (default: when possible) sends the
-    data commands through :class:`~._wire.Wire` instead of the client's methods; not on Cluster,
-    whose client routes each key to its node.
+    data commands through :class:`~._wire.Wire` (auto-pipelined on ``connections`` shared
+    connections) instead of the client's methods; on Cluster through
+    :class:`~._wire.ClusterWire` (one such Wire per node).
     """
 
     scheme = "redis"
@@ -101,15 +115,16 @@ class RedisBackend(Backend):
     def __init__(self, client: Any, prefix: str = "sm:", call_timeout: float = 2.0,
                  description: str = "redis", *, cluster: bool = False,
                  tracking: Callable[[], Any] | None = None, sentinel: Any = None,
-                 wire: bool | None = None) -> None:
+                 wire: bool | None = None, connections: int = 2) -> None:
         self.client = client
-        self._wire = None if cluster or wire is False else wire_for(client)
-        if wire and cluster:
-            raise ConfigError("wire=True is not available on Redis Cluster: its client "
-                              "routes each key to its node")
+        self._wire: Wire | ClusterWire | None = None
+        if wire is not False:
+            self._wire = cluster_wire_for(client, connections) if cluster else wire_for(
+                client, connections, sentinel=sentinel is not None)
         if wire and self._wire is None:
-            raise ConfigError("wire=True needs a redis-py client on a plain connection pool, "
-                              "with hiredis installed and the default key encoding")
+            raise ConfigError("wire=True needs a redis-py client on a plain connection pool "
+                              "(on Cluster: a redis-py RedisCluster client), with hiredis "
+                              "installed and the default key encoding")
         self.prefix = prefix
         self.call_timeout = call_timeout
         self._description = description
@@ -129,7 +144,8 @@ class RedisBackend(Backend):
 
     @classmethod
     def from_url(cls, url: str, prefix: str, call_timeout: float,
-                 tracking: bool = True, wire: bool | None = None) -> RedisBackend:
+                 tracking: bool = True, wire: bool | None = None, *,
+                 connections: int = 2) -> RedisBackend:
         """Connect lazily to ``url``: redis://, rediss://, unix://, ``redis+sentinel://[user:
         pw@]host:port[,host:port...]/service[/db]`` or ``redis+cluster://[user:pw@]host:port
         [,host:port...]``. A query string is redis-py's (plain schemes only); the factory
@@ -156,7 +172,7 @@ class RedisBackend(Backend):
             client: Any = RedisCluster(startup_nodes=nodes, username=user, password=password,
                                   ssl=scheme.startswith("rediss"), **timeouts)
             return cls(client, prefix, call_timeout, f"redis cluster {where}", cluster=True,
-                       wire=wire)
+                       wire=wire, connections=connections)
         if scheme in ("redis+sentinel", "rediss+sentinel"):
             from redis.asyncio.sentinel import Sentinel
 
@@ -182,7 +198,7 @@ class RedisBackend(Backend):
 
             return cls(client, prefix, call_timeout, f"redis sentinel {where}/{service}",
                        tracking=tracking_client if tracking else None, sentinel=sentinel,
-                       wire=wire)
+                       wire=wire, connections=connections)
         try:
             client = aioredis.Redis.from_url(url, **timeouts)  # lazy: nothing connects here
         except ValueError as exc:  # a value redis-py cannot parse (e.g. db=x)
@@ -193,7 +209,8 @@ class RedisBackend(Backend):
                                            socket_connect_timeout=call_timeout)
 
         return cls(client, prefix, call_timeout, f"redis {where}",
-                   tracking=plain_tracking_client if tracking else None, wire=wire)
+                   tracking=plain_tracking_client if tracking else None, wire=wire,
+                   connections=connections)
 
     # -- invalidation of other processes' copies --------------------------------------------
 
@@ -226,14 +243,17 @@ class RedisBackend(Backend):
     def _k(self, key: str) -> str:
         return self.prefix + key
 
-    async def _run(self, coro: Any) -> Any:
+    def _start_tracking(self) -> None:
         if self._track_pending:
             self._track_pending = False
             self._tracker.start()  # type: ignore[union-attr]
+
+    async def _run(self, coro: Any) -> Any:
+        self._start_tracking()
         try:
             return await coro
-        except self._errors as exc:
-            raise BackendError(f"Redis call failed: {exc}") from exc
+        except self._errors as exc:  # classified once: the request's fault or the tier's
+            raise library_error(exc, _FAILED) from exc
 
     @staticmethod
     def _px(rec: Record) -> int | None:
@@ -241,21 +261,36 @@ class RedisBackend(Backend):
             return None
         return max(1, int((rec.expires_at - rec.created_at) * 1000)) + _EXPIRY_GRACE_MS
 
+    # get, put and _fetch await the driver themselves (no _run): one coroutine less per call
+    # on the paths every request takes.
+
     async def get(self, key: str, now: float) -> Record | None:
         wire = self._wire
-        if wire is not None:
-            raw = await self._run(wire.one("GET", self.prefix + key))
-        else:
-            raw = await self._run(self.client.get(self.prefix + key))
+        if self._track_pending:
+            self._start_tracking()
+        try:
+            if wire is not None:
+                raw = await wire.one("GET", self.prefix + key)
+            else:
+                raw = await self.client.get(self.prefix + key)
+        except self._errors as exc:
+            raise library_error(exc, _FAILED) from exc
         return None if raw is None else _unpack(raw)
 
     async def _fetch(self, keys: list[str]) -> list[bytes | None]:
         """The stored strings of ``keys``, in order: one ``MGET`` (per slot on Cluster)."""
         p = self.prefix
         wire = self._wire
-        if wire is not None:
-            return await self._run(wire.one("MGET", *[p + k for k in keys]))  # type: ignore[no-any-return]
-        return await self._run(self._mget([p + k for k in keys]))  # type: ignore[no-any-return]
+        if self._track_pending:
+            self._start_tracking()
+        try:
+            if wire is not None:
+                if type(wire) is ClusterWire:
+                    return await _cluster_mget(wire, [p + k for k in keys])
+                return await wire.one("MGET", *[p + k for k in keys])  # type: ignore[no-any-return]
+            return await self._mget([p + k for k in keys])  # type: ignore[no-any-return]
+        except self._errors as exc:
+            raise library_error(exc, _FAILED) from exc
 
     async def get_many(self, keys: Iterable[str], now: float) -> dict[str, Record]:
         keys = list(dict.fromkeys(keys))
@@ -303,10 +338,15 @@ class RedisBackend(Backend):
 
     async def put(self, key: str, record: Record) -> None:
         wire = self._wire
-        if wire is not None:
-            await self._run(wire.one(*self._set(key, record)))
-        else:
-            await self._run(self.client.set(self._k(key), _pack(record), px=self._px(record)))
+        if self._track_pending:
+            self._start_tracking()
+        try:
+            if wire is not None:
+                await wire.one(*self._set(key, record))
+            else:
+                await self.client.set(self._k(key), _pack(record), px=self._px(record))
+        except self._errors as exc:
+            raise library_error(exc, _FAILED) from exc
 
     async def put_many(self, records: Mapping[str, Record]) -> None:
         if not records:
@@ -315,6 +355,15 @@ class RedisBackend(Backend):
         if wire is not None:
             if all(r.expires_at is None for r in records.values()):
                 p = self.prefix
+                if type(wire) is ClusterWire:  # one MSET per hash slot
+                    from redis.crc import key_slot
+
+                    by_slot: dict[int, list[Any]] = {}
+                    for k, r in records.items():
+                        by_slot.setdefault(key_slot((p + k).encode()), ["MSET"]).extend(
+                            (p + k, _pack(r)))
+                    await self._run(wire.pipeline([tuple(c) for c in by_slot.values()]))
+                    return
                 args: list[Any] = ["MSET"]
                 for k, r in records.items():
                     args += (p + k, _pack(r))
@@ -372,6 +421,8 @@ class RedisBackend(Backend):
             if self._tracker is not None:
                 self._track_pending = False
                 await self._tracker.stop()
+            if self._wire is not None:
+                await self._wire.close()
             close = getattr(self.client, "aclose", None) or self.client.close
             try:
                 await self._run(close())
@@ -380,15 +431,43 @@ class RedisBackend(Backend):
                     with contextlib.suppress(Exception):
                         await client.aclose()
 
+    def answered_within(self, seconds: float) -> bool:
+        """Whether Redis sent replies in the last ``seconds`` (the front's guard then counts a
+        timed-out call as overload, not as a failing tier). False off the pipelined path."""
+        return self._wire is not None and self._wire.answered_within(seconds)
+
     def stats(self) -> dict[str, Any]:
+        """Tracking figures, and the auto-pipeline's (``pipeline``: open connections, calls
+        waiting for replies and queued for the next write, writes and commands so far)."""
         tracker = self._tracker
-        if tracker is None:
-            return {"tracking": False}
-        return {"tracking": tracker.live.is_set(), "invalidations": tracker.invalidations,
-                "tracking_reconnects": tracker.reconnects}
+        out: dict[str, Any] = {"tracking": False} if tracker is None else {
+            "tracking": tracker.live.is_set(), "invalidations": tracker.invalidations,
+            "tracking_reconnects": tracker.reconnects}
+        if self._wire is not None:
+            out["pipeline"] = self._wire.stats()
+        return out
 
     def describe(self) -> str:
         return f"{self._description} (prefix {self.prefix!r})"
+
+
+async def _cluster_mget(wire: ClusterWire, names: list[str]) -> list[bytes | None]:
+    """``names``' values on Cluster, in order: one ``MGET`` per hash slot, each node's
+    written together."""
+    from redis.crc import key_slot
+
+    slots: dict[int, list[int]] = {}
+    for i, name in enumerate(names):
+        slots.setdefault(key_slot(name.encode()), []).append(i)
+    if len(slots) == 1:
+        return await wire.one("MGET", *names)  # type: ignore[no-any-return]
+    groups = list(slots.values())
+    replies = await wire.pipeline([("MGET", *[names[i] for i in g]) for g in groups])
+    out: list[bytes | None] = [None] * len(names)
+    for group, values in zip(groups, replies, strict=True):
+        for i, value in zip(group, values, strict=True):
+            out[i] = value
+    return out
 
 
 def _credentials(creds: str) -> tuple[str | None, str | None]:

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from ...errors import BackendError, ConfigError
+from ..._support import library_error
+from ...errors import BackendError, ConfigError, DecodeError
 from ...tiers import Record
 from ..base import Backend
 from ._batching import Result, SharedEngine, batches, deliver
@@ -297,7 +298,7 @@ class SQLiteEngine(SharedEngine):
             conn.execute("COMMIT")
             results = [(op.future, v, None) for op, v in zip(batch, values, strict=True)]
             self.commits += 1
-        except sqlite3.Error:
+        except (sqlite3.Error, OverflowError):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for op in batch:  # isolate the failing operation
@@ -307,10 +308,12 @@ class SQLiteEngine(SharedEngine):
                     conn.execute("COMMIT")
                     results.append((op.future, value, None))
                     self.commits += 1
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, OverflowError) as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    err = BackendError(f"SQLite write failed: {exc}")
+                    # a full disk refuses writes only; a constraint or an unbindable value
+                    # is that operation's own fault (see _support.fault_of)
+                    err = library_error(exc, "SQLite write failed")
                     err.__cause__ = exc
                     results.append((op.future, None, err))
         self.ops += len(batch)
@@ -374,13 +377,27 @@ CORTEX_LAYOUT = Layout(key="cache_key", value="cache_value", meta=(
     derived=("ttl",))
 
 
+_NUMBER = (int, float)
+
+
 def _row_to_record(row: tuple[Any, ...], layout: Layout = DEFAULT_LAYOUT) -> Record:
-    if not layout.meta:
-        payload, expires_at, home, size, version, created_at, extra = row
-        return Record(payload, expires_at, bool(home), size, version, created_at,
-                      json.loads(extra) if extra else {})
+    """The record a row holds; :class:`DecodeError` for a row no writer of ours leaves (cells
+    of the wrong type, an ``extra`` that is not a JSON object), e.g. written by hand."""
     payload, expires_at, home, size, version, created_at, extra = row[:7]
-    extras = json.loads(extra) if extra else {}
+    if (type(payload) is not bytes or not isinstance(created_at, _NUMBER)
+            or not (expires_at is None or isinstance(expires_at, _NUMBER))
+            or not isinstance(size, int) or not isinstance(version, int)):
+        raise DecodeError("a stored row has cells of the wrong type (payload "
+                          f"{type(payload).__name__}, expires_at {type(expires_at).__name__}, "
+                          f"created_at {type(created_at).__name__})")
+    extras: dict[str, Any] = {}
+    if extra:
+        try:
+            extras = json.loads(extra)
+        except (TypeError, ValueError) as exc:  # JSONDecodeError, bytes that are not UTF-8
+            raise DecodeError(f"a stored row's metadata is not JSON: {exc}") from exc
+        if type(extras) is not dict:
+            raise DecodeError("a stored row's metadata is not a JSON object")
     for (name, _), value in zip(layout.meta, row[7:], strict=True):
         if value is not None and name not in layout.derived:
             extras[name] = value

@@ -74,7 +74,11 @@ class SQLiteVectorBackend(SQLiteBackend):
         """``vector`` checked (numeric, 1-D, finite, of the space's dimension) as float32.
         The first vector fixes the dimension of a new space."""
         if hasattr(vector, "detach"):  # a torch tensor, possibly on a device
-            vector = vector.detach().cpu().numpy()
+            tensor: Any = vector.detach().cpu()
+            try:
+                vector = tensor.numpy()
+            except TypeError:  # bfloat16 and other dtypes NumPy lacks: as float32
+                vector = tensor.float().numpy()
         try:
             arr = np.asarray(vector)
         except (TypeError, ValueError) as exc:

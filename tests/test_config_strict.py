@@ -1,0 +1,55 @@
+"""Misspelt configuration is refused by name, never silently replaced by a default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sophia_memory import ConfigError, Memory, MemoryConfig, Tier
+from sophia_memory.config import ENV_VARIABLES, check_environment
+
+
+@pytest.mark.parametrize(("typo", "meant"), [
+    ("SOPHIA_MEMORY_SESION_URL", "SOPHIA_MEMORY_SESSION_URL"),
+    ("SOPHIA_MEMORY_CONFG", "SOPHIA_MEMORY_CONFIG"),
+    ("SOPHIA_MEMORY_PERSISTANT_URL", "SOPHIA_MEMORY_PERSISTENT_URL"),
+    ("SOPHIA_MEMORY_SIGNINGKEY", "SOPHIA_MEMORY_SIGNING_KEY"),
+])
+def test_a_misspelt_variable_names_the_closest_spelling(typo: str, meant: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        MemoryConfig.build(environ={typo: "x"})
+    assert typo in str(info.value)
+    assert f"did you mean {meant}?" in str(info.value)
+
+
+def test_an_unrelated_unknown_variable_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_environment({"SOPHIA_MEMORY_ZZZZZZZZZZZZZZZZZZ": "1"})
+    assert "SOPHIA_MEMORY_PATH" in str(info.value)
+
+
+def test_several_unknown_variables_are_all_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_environment({"SOPHIA_MEMORY_PAHT": "a", "SOPHIA_MEMORY_CONFG": "b"})
+    message = str(info.value)
+    assert "SOPHIA_MEMORY_CONFG" in message and "SOPHIA_MEMORY_PAHT" in message
+
+
+def test_every_documented_variable_is_accepted(tmp_path: Path) -> None:
+    env = {name: "none" for name in ENV_VARIABLES if name.endswith("_URL")}
+    env["SOPHIA_MEMORY_SESSION_URL"] = "memory://"
+    env["SOPHIA_MEMORY_PATH"] = str(tmp_path / "m.db")
+    env["SOPHIA_MEMORY_SIGNING_KEY"] = "k" * 32
+    cfg = MemoryConfig.build(environ=env)
+    assert cfg.url_for(Tier.SESSION) == "memory://"
+    assert cfg.path == str(tmp_path / "m.db")
+    check_environment({"OTHER_VARIABLE": "x", "SOPHIA_MEMORYX": "y"})  # not ours: ignored
+
+
+async def test_memory_open_refuses_a_misspelt_variable(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    monkeypatch.setenv("SOPHIA_MEMORY_SESION_URL", "memory://")
+    with pytest.raises(ConfigError, match="SOPHIA_MEMORY_SESSION_URL"):
+        Memory.open(path=str(tmp_path / "m.db"))
+    assert not (tmp_path / "m.db").exists()  # refused before anything was created
