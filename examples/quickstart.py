@@ -17,7 +17,10 @@ from sophia_memory import Memory, Tier
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with Memory.open(path=str(Path(tmp) / "memory.db")) as mem:
-            # Session state in the in-process tier, expiring in an hour.
+            # Memory.open() reads SOPHIA_MEMORY_*: SOPHIA_MEMORY_SESSION_URL=redis://... for Redis.
+            print("SESSION tier:", mem.stats()["tiers"]["SESSION"]["backend"])
+
+            # Session state in SESSION (in-process by default), expiring in an hour.
             await mem.put("user:42", {"cart": [1, 2]}, tier=Tier.SESSION, ttl=3600)
             print("session:", await mem.get("user:42"))
 

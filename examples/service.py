@@ -14,6 +14,7 @@ import asyncio
 import os
 import tempfile
 import time
+from typing import Any
 
 from sophia_memory import Memory, Tier
 
@@ -39,19 +40,26 @@ class AnswerService:
         return str(answer)
 
 
+async def serve(mem: Memory) -> None:
+    service = AnswerService(mem)
+    prompts = {"ann": ["hello", "bye"] * 10, "bob": ["hello"] * 20, "cy": ["bye"] * 20}
+
+    async def session(user: str) -> int:
+        # One user's requests in order: history is read-modify-write.
+        return len([await service.handle(user, p) for p in prompts[user]])
+
+    answered = sum(await asyncio.gather(*(session(u) for u in prompts)))
+    print(f"{answered} requests, {service.llm_calls} LLM calls")
+    print("ann's history:", await mem.namespace("user-ann").get("history"))
+
+
 async def main() -> None:
-    os.environ.setdefault("SOPHIA_MEMORY_PATH", os.path.join(tempfile.mkdtemp(), "svc.db"))
-    async with Memory.open() as mem:  # reads SOPHIA_MEMORY_* from the environment
-        service = AnswerService(mem)
-        prompts = {"ann": ["hello", "bye"] * 10, "bob": ["hello"] * 20, "cy": ["bye"] * 20}
-
-        async def session(user: str) -> int:
-            # One user's requests in order: history is read-modify-write.
-            return len([await service.handle(user, p) for p in prompts[user]])
-
-        answered = sum(await asyncio.gather(*(session(u) for u in prompts)))
-        print(f"{answered} requests, {service.llm_calls} LLM calls")
-        print("ann's history:", await mem.namespace("user-ann").get("history"))
+    with tempfile.TemporaryDirectory() as tmp:  # used unless SOPHIA_MEMORY_PATH names a file
+        options: dict[str, Any] = {} if os.environ.get("SOPHIA_MEMORY_PATH") else {
+            "path": os.path.join(tmp, "svc.db")}
+        async with Memory.open(**options) as mem:  # reads SOPHIA_MEMORY_* from the environment
+            print("SESSION tier:", mem.stats()["tiers"]["SESSION"]["backend"])
+            await serve(mem)
 
 
 if __name__ == "__main__":

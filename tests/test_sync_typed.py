@@ -46,10 +46,13 @@ def test_mypy_refuses_a_misspelt_method_and_argument(tmp_path: Path) -> None:
     script = tmp_path / "typo.py"
     script.write_text(
         "from sophia_memory.sync import SyncMemory\n"
+        "from sophia_memory import Tier\n"
         "def use(s: SyncMemory) -> None:\n"
         "    s.gett('k')\n"
         "    s.put('k', 1, tierr='SESSION')\n"
-        "    s.put('k', 1, tier='SESSION')\n")
+        "    s.put('k', 1, tier='SESSION')\n"
+        "    v: int = s.put('k', 1, tier=Tier.WORKFLOW)\n"
+        "    w: int = s.put('k', 1, tier=Tier.SESSION)\n")
     run = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
                           "--cache-dir", str(tmp_path / ".mypy"), str(script)],
                          capture_output=True, text=True, check=False)
@@ -57,4 +60,7 @@ def test_mypy_refuses_a_misspelt_method_and_argument(tmp_path: Path) -> None:
     assert run.returncode == 1, out
     assert '"SyncMemory" has no attribute "gett"' in out
     assert 'Unexpected keyword argument "tierr"' in out
-    assert out.count("error:") == 2, out
+    # the correct calls pass; a WORKFLOW put is typed int, any other int | None
+    lines = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
+    assert lines == {4, 5, 8}, out
+    assert 'expression has type "int | None", variable has type "int"' in out

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, TypeVar, cast
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
+
+import numpy as np
 
 from ._support import canonical_hash, check_meta, check_search, ttl_seconds
 from .backends import Searchable, Versioned, check_pool_value, is_pool_value
@@ -259,6 +262,19 @@ class Memory:
 
     # -- writes -----------------------------------------------------------------------------------
 
+    @overload
+    async def put(self, key: str, value: Any, *, tier: Literal[Tier.WORKFLOW],
+                  ttl: float | timedelta | None = None, pool: str | None = None,
+                  expected_version: int | None = None,
+                  meta: Mapping[str, Any] | None = None, vector: Any = None) -> int: ...
+
+    @overload
+    async def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
+                  ttl: float | timedelta | None = None, pool: str | None = None,
+                  expected_version: int | None = None,
+                  meta: Mapping[str, Any] | None = None,
+                  vector: Any = None) -> int | None: ...
+
     async def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
                   ttl: float | timedelta | None = None, pool: str | None = None,
                   expected_version: int | None = None,
@@ -376,6 +392,148 @@ class Memory:
         """Remove several keys from every tier; how many held a live value."""
         full = list(dict.fromkeys(self._key(k) for k in keys))
         return await self._core.delete(full) if full else 0
+
+    # -- the cache staples: atomic read-modify-write of one item ------------------------------
+
+    def _conditional(self, key: str, tier: Tier | str | int | None,
+                     ) -> tuple[str, TierHandle]:
+        """The full key and the tier handle a conditional write goes to, or the typed error
+        for a tier that cannot hold one."""
+        full = self._key(key)
+        slot = self._core.slot(self._tier(tier))
+        if isinstance(slot, RemoteTier):
+            if slot.searchable is not None:
+                raise InvalidArgumentError(f"{slot.tier} items carry a vector: write them with "
+                                           "put(..., vector=)")
+            if slot.versioned is None and slot.conditional is None:
+                raise InvalidArgumentError(
+                    f"{slot.tier} ({slot.backend.describe()}) cannot write conditionally "
+                    "(add, incr, decr, compare_and_set, touch)")
+        return full, slot
+
+    async def add(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
+                  ttl: float | timedelta | None = None) -> bool:
+        """Store ``value`` only if ``key`` holds no live item in ``tier``; whether it did.
+
+        Atomic (set-if-absent), also against other processes sharing the tier. ``tier`` and
+        ``ttl`` as for :meth:`put`; an expired item counts as absent."""
+        full, slot = self._conditional(key, tier)
+        seconds = ttl_seconds(ttl)
+
+        def change(rec: Record | None, current: Any, now: float) -> tuple[Record | None, bool]:
+            if rec is not None:
+                return None, False
+            return self._record(slot, value, _after(now, seconds), now), True
+
+        return await self._core.update(full, slot, change)
+
+    async def incr(self, key: str, delta: int = 1, *, tier: Tier | str | int | None = None,
+                   ttl: float | timedelta | None = None) -> int:
+        """Add ``delta`` to the int under ``key`` in ``tier`` atomically; the new value.
+
+        A missing (or expired) item counts as 0 and is created with ``ttl``; an existing one
+        keeps its expiry and metadata. Concurrent increments, from this process or others
+        sharing the tier, are never lost (Redis and SQLite check-and-write in one atomic
+        step). Raises :class:`InvalidArgumentError` when ``delta`` or the stored value is not
+        an int."""
+        if type(delta) is not int:
+            raise InvalidArgumentError(f"delta must be an int, got {type(delta).__name__}")
+        full, slot = self._conditional(key, tier)
+        seconds = ttl_seconds(ttl)
+
+        def change(rec: Record | None, current: Any, now: float) -> tuple[Record | None, int]:
+            if rec is None:
+                total, expires_at, meta = delta, _after(now, seconds), None
+            else:
+                if type(current) is not int:
+                    raise InvalidArgumentError(f"{key!r} holds a {type(current).__name__}, "
+                                               "not an int: incr and decr need an int")
+                total, expires_at, meta = current + delta, rec.expires_at, rec.extra
+            new = self._record(slot, total, expires_at, now)
+            if meta:
+                new.extra = dict(meta)
+            return new, total
+
+        return await self._core.update(full, slot, change)
+
+    async def decr(self, key: str, delta: int = 1, *, tier: Tier | str | int | None = None,
+                   ttl: float | timedelta | None = None) -> int:
+        """:meth:`incr` by ``-delta``."""
+        if type(delta) is not int:
+            raise InvalidArgumentError(f"delta must be an int, got {type(delta).__name__}")
+        return await self.incr(key, -delta, tier=tier, ttl=ttl)
+
+    async def compare_and_set(self, key: str, expected: Any, value: Any, *,
+                              tier: Tier | str | int | None = None,
+                              ttl: float | timedelta | None = None) -> bool:
+        """Replace the value under ``key`` in ``tier`` with ``value`` only if it equals
+        ``expected`` now; whether it did (optimistic concurrency: read, compute, then
+        compare-and-set, and read again on False).
+
+        Atomic, also against other processes sharing the tier: the store writes only over
+        exactly the item compared. Equal means the same type and ``==`` (arrays: same dtype,
+        shape and elements). A missing item never matches (use :meth:`add`). ``ttl`` is the
+        new item's, as for :meth:`put`."""
+        full, slot = self._conditional(key, tier)
+        seconds = ttl_seconds(ttl)
+
+        def change(rec: Record | None, current: Any, now: float) -> tuple[Record | None, bool]:
+            if rec is None or not _same(current, expected):
+                return None, False
+            return self._record(slot, value, _after(now, seconds), now), True
+
+        return await self._core.update(full, slot, change)
+
+    async def touch(self, key: str, ttl: float | timedelta | None, *,
+                    tier: Tier | str | int | None = None) -> bool:
+        """Give the item under ``key`` in ``tier`` a new expiry, ``ttl`` from now (None: it
+        never expires), keeping its value and metadata; whether a live item was there.
+        On ``Tier.WORKFLOW`` this appends a version (every write there does)."""
+        full, slot = self._conditional(key, tier)
+        seconds = ttl_seconds(ttl)
+        local = isinstance(slot, InProcessTier)
+
+        def change(rec: Record | None, current: Any, now: float) -> tuple[Record | None, bool]:
+            if rec is None:
+                return None, False
+            if local:
+                new = self._record(slot, current, _after(now, seconds), now)
+            else:  # the stored payload as it is: nothing to encode again
+                new = Record(rec.payload, _after(now, seconds), True, rec.size, 0, now, {})
+            new.extra = dict(rec.extra)
+            return new, True
+
+        return await self._core.update(full, slot, change)
+
+    async def ttl(self, key: str, *, tier: Tier | str | int | None = None) -> float | None:
+        """Seconds until the item under ``key`` expires: ``math.inf`` when it never does,
+        None when there is no live item. Without ``tier``, the item a :meth:`get` finds
+        (not promoted); with it, the item in that tier."""
+        full = self._key(key)
+        core = self._core
+        if tier is None:
+            found = await core.lookup(full, promote=False)
+            rec = None if found is None else found[0]
+        else:
+            rec, _ = await core.read_in(full, core.slot(self._tier(tier)))
+        if rec is None:
+            return None
+        if rec.expires_at is None:
+            return math.inf
+        return max(0.0, rec.expires_at - core.now())
+
+    async def clear(self, *, tier: Tier | str | int | None = None,
+                    namespace: str | None = None) -> int:
+        """Remove every item of this memory (a namespace view: of that namespace, nested
+        namespaces included), or of its namespace ``namespace``; how many keys held one.
+
+        Without ``tier``, from every tier, as :meth:`delete` does. With ``tier``, from that
+        tier only, with the copies promotion made of its items in faster tiers; what other
+        tiers hold as their own stays (a slower tier's item of the same key reads again)."""
+        view = self if namespace is None else self.namespace(namespace)
+        core = self._core
+        slot = None if tier is None else core.slot(self._tier(tier))
+        return await core.clear(view._prefix, slot)
 
     # -- similarity search ---------------------------------------------------------------------
 
@@ -521,6 +679,26 @@ class Memory:
                 "promotions_queued": engine["promotion"]["queued"],
                 "promotions_dropped": engine["promotion"]["dropped"],
                 "spilling": engine["spill"]["items"], "taken_at": time.time()}
+
+
+def _after(now: float, seconds: float | None) -> float | None:
+    return None if seconds is None else now + seconds
+
+
+def _same(current: Any, expected: Any) -> bool:
+    """Whether a stored value equals ``expected`` for :meth:`Memory.compare_and_set`: the same
+    type and ``==``; arrays by dtype, shape and elements."""
+    if current is expected:
+        return True
+    if type(current) is not type(expected):
+        return False
+    if isinstance(current, np.ndarray):
+        return (current.dtype == expected.dtype and current.shape == expected.shape
+                and bool(np.array_equal(current, expected)))
+    try:
+        return bool(current == expected)
+    except Exception:  # an == that does not give one truth value
+        return False
 
 
 def _plain_keys(keys: list[Any], limit: int) -> bool:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from .clock import Clock
 from .config import MemoryConfig
@@ -98,6 +98,18 @@ class SyncMemory:
     def history(self, key: str, limit: int | None = None) -> list[Entry]:
         return self._run(self._memory.history(key, limit))
 
+    @overload
+    def put(self, key: str, value: Any, *, tier: Literal[Tier.WORKFLOW],
+            ttl: float | timedelta | None = None, pool: str | None = None,
+            expected_version: int | None = None, meta: Mapping[str, Any] | None = None,
+            vector: Any = None) -> int: ...
+
+    @overload
+    def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
+            ttl: float | timedelta | None = None, pool: str | None = None,
+            expected_version: int | None = None, meta: Mapping[str, Any] | None = None,
+            vector: Any = None) -> int | None: ...
+
     def put(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
             ttl: float | timedelta | None = None, pool: str | None = None,
             expected_version: int | None = None, meta: Mapping[str, Any] | None = None,
@@ -122,6 +134,35 @@ class SyncMemory:
                     ttl: float | timedelta | None = None,
                     meta: Mapping[str, Any] | None = None) -> Any:
         return self._run(self._memory.get_or_load(key, loader, tier=tier, ttl=ttl, meta=meta))
+
+    def add(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
+            ttl: float | timedelta | None = None) -> bool:
+        return self._run(self._memory.add(key, value, tier=tier, ttl=ttl))
+
+    def incr(self, key: str, delta: int = 1, *, tier: Tier | str | int | None = None,
+             ttl: float | timedelta | None = None) -> int:
+        return self._run(self._memory.incr(key, delta, tier=tier, ttl=ttl))
+
+    def decr(self, key: str, delta: int = 1, *, tier: Tier | str | int | None = None,
+             ttl: float | timedelta | None = None) -> int:
+        return self._run(self._memory.decr(key, delta, tier=tier, ttl=ttl))
+
+    def compare_and_set(self, key: str, expected: Any, value: Any, *,
+                        tier: Tier | str | int | None = None,
+                        ttl: float | timedelta | None = None) -> bool:
+        return self._run(self._memory.compare_and_set(key, expected, value, tier=tier,
+                                                      ttl=ttl))
+
+    def touch(self, key: str, ttl: float | timedelta | None, *,
+              tier: Tier | str | int | None = None) -> bool:
+        return self._run(self._memory.touch(key, ttl, tier=tier))
+
+    def ttl(self, key: str, *, tier: Tier | str | int | None = None) -> float | None:
+        return self._run(self._memory.ttl(key, tier=tier))
+
+    def clear(self, *, tier: Tier | str | int | None = None,
+              namespace: str | None = None) -> int:
+        return self._run(self._memory.clear(tier=tier, namespace=namespace))
 
     def search(self, vector: Any, k: int = 10, *, metric: str | None = None,
                min_score: float | None = None) -> list[Hit]:

@@ -29,6 +29,7 @@ from ._url import BackendURL, parse_url
 from .base import (
     Backend,
     BarePayloads,
+    Conditional,
     Evicting,
     Invalidating,
     ObjectStore,
@@ -48,9 +49,9 @@ if TYPE_CHECKING:
     from ..config import MemoryConfig
     from ..tiers import Tier
 
-__all__ = ["Backend", "BackendURL", "BarePayloads", "Evicting", "Invalidating", "ObjectStore",
-           "Purging", "Remote", "Searchable", "Versioned", "check_pool_value", "is_pool_value",
-           "open_backend", "parse_url", "register"]
+__all__ = ["Backend", "BackendURL", "BarePayloads", "Conditional", "Evicting", "Invalidating",
+           "ObjectStore", "Purging", "Remote", "Searchable", "Versioned", "check_pool_value",
+           "is_pool_value", "open_backend", "parse_url", "register"]
 
 Factory = Callable[[BackendURL, "Tier", "MemoryConfig"], Backend]
 _FACTORIES: dict[str, tuple[Factory, tuple[str, ...] | None]] = {}

@@ -19,6 +19,9 @@ Optional abilities are separate protocols, checked with ``isinstance``, never bo
   others, so the front can drop its in-process copies of them.
 * :class:`BarePayloads` - can read many live payloads without building records; the front
   uses it where it needs nothing but the values (a tier with nothing above to promote into).
+* :class:`Conditional` - can write a key only if it still holds what was read (atomic in the
+  store itself, so against other processes too); the front builds ``add``, ``incr``,
+  ``compare_and_set`` and ``touch`` on it.
 
 Expiry: backends store ``Record.expires_at`` and return records as stored; ``now`` (on the
 memory's clock) is passed where a backend may use it to skip or remove expired records. The
@@ -39,8 +42,8 @@ from ..errors import ConfigError
 from ..policies import EvictionListener
 from ..tiers import Record
 
-__all__ = ["Backend", "BarePayloads", "Evicting", "Invalidating", "ObjectStore", "Purging",
-           "Remote", "RetainedVersions", "Searchable", "Versioned"]
+__all__ = ["Backend", "BarePayloads", "Conditional", "Evicting", "Invalidating", "ObjectStore",
+           "Purging", "Remote", "RetainedVersions", "Searchable", "Versioned"]
 
 
 class Backend(ABC):
@@ -166,6 +169,26 @@ class BarePayloads(Protocol):
     async def get_payloads(self, keys: list[str], now: float) -> dict[str, Any]:
         """``{key: payload}`` for the live items among ``keys`` (distinct), as one batch;
         the same payloads ``get_many`` would return in its records."""
+        ...
+
+
+@runtime_checkable
+class Conditional(Protocol):
+    """Conditional writes of one key, atomic in the store (so against other processes too).
+
+    ``read_for_update`` returns the record under a key (None: none, expired ones included as
+    stored) and a *token* standing for exactly what was read; ``put_if`` stores a record only
+    if the key still holds what the token stands for (for a None record: still nothing), in
+    one atomic step of the store, and says whether it did. A write by anyone in between makes
+    it return False; the caller reads again.
+    """
+
+    async def read_for_update(self, key: str, now: float) -> tuple[Record | None, Any]:
+        """The record under ``key`` as stored (or None) and the token ``put_if`` compares."""
+        ...
+
+    async def put_if(self, key: str, record: Record, token: Any) -> bool:
+        """Store ``record`` if ``key`` still holds what ``token`` stands for; whether it did."""
         ...
 
 

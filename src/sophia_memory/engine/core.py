@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from .._support import CircuitBreaker, Deadlines
 from ..backends import (
@@ -41,11 +41,15 @@ from .handles import InProcessTier, RemoteTier, TierHandle
 from .ordering import KeyOrder
 from .promotion import Promoter
 from .spill import Spiller
-from .writes import Writer
+from .writes import Change, Writer
 
 __all__ = ["Engine", "SingleFlight"]
 
 log = logging.getLogger("sophia_memory")
+
+T = TypeVar("T")
+#: Keys removed per locked step of ``clear``.
+_CLEAR_BATCH = 1000
 
 
 class SingleFlight:
@@ -115,7 +119,7 @@ class Engine:
                                  room=self.spiller.wait_for_room)
         self.reads = TierChain(chain, self.order, spiller=self.spiller, promoter=self.promoter,
                                codec=self.codec, now=self.now)
-        self.writer = Writer(chain, self.order, self.spiller, self.now)
+        self.writer = Writer(chain, self.order, self.spiller, self.now, self.codec.decode)
         self.flights = SingleFlight()
         for tier in chain:
             if isinstance(tier, InProcessTier) and isinstance(tier.backend, Evicting):
@@ -257,6 +261,46 @@ class Engine:
     async def delete(self, keys: list[str]) -> int:
         self.check_open()
         return await self.writer.delete(keys)
+
+    async def update(self, key: str, tier: TierHandle, change: Change[T]) -> T:
+        """An atomic read-modify-write of ``key`` in ``tier`` (:meth:`.Writer.update`)."""
+        self.check_open()
+        result = await self.writer.update(key, tier, change)
+        if self.spiller.over():
+            await self.spiller.wait_for_room()
+        return result
+
+    async def read_in(self, key: str, tier: TierHandle) -> tuple[Record | None, Any]:
+        """The live item of ``key`` in ``tier`` (for an in-process tier: where its own items
+        went, see :meth:`.Writer.update`), as ``(record, value)``; ``(None, None)``."""
+        self.check_open()
+        now = self.now()
+        if isinstance(tier, InProcessTier):
+            return await self.writer.current_in(key, tier, now)
+        return self.writer.live(tier, await tier.get(key, now), now)
+
+    async def clear(self, prefix: str, tier: TierHandle | None) -> int:
+        """Remove every key under ``prefix`` from ``tier`` (None: from every tier, as a
+        delete does); how many keys held a live item."""
+        self.check_open()
+        now = self.now()
+        found: set[str] = set()
+        for t in self.slots if tier is None else (tier,):
+            if isinstance(t, RemoteTier):
+                found.update(await t.call(t.backend.keys, prefix, now))
+            else:
+                found.update(await t.keys(prefix, now))
+        if tier is None:
+            found.update(k for k in self.spiller.buffer if k.startswith(prefix))
+        keys = sorted(found)
+        removed = 0
+        for i in range(0, len(keys), _CLEAR_BATCH):
+            chunk = keys[i : i + _CLEAR_BATCH]
+            if tier is None:
+                removed += await self.writer.delete(chunk)
+            else:
+                removed += await self.writer.clear_tier(chunk, tier)
+        return removed
 
     # -- background work -------------------------------------------------------------------------
 

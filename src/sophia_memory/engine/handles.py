@@ -29,6 +29,7 @@ from .._support import CircuitBreaker, Deadlines, TierStats, fault_of, library_e
 from ..backends import (
     Backend,
     BarePayloads,
+    Conditional,
     ObjectStore,
     Purging,
     Remote,
@@ -54,7 +55,8 @@ class Responsive(Protocol):
 
 
 #: The backend calls that write: they pass the write health too (``RemoteTier.write_breaker``).
-WRITES = frozenset({"put", "put_many", "delete", "delete_many", "append", "purge_expired"})
+WRITES = frozenset({"put", "put_many", "put_if", "delete", "delete_many", "append",
+                    "purge_expired"})
 
 
 class _Handle:
@@ -104,7 +106,8 @@ class InProcessTier(_Handle):
 class RemoteTier(_Handle):
     """A tier whose calls suspend; each call is guarded (breaker, deadline)."""
 
-    __slots__ = ("bare", "breaker", "deadlines", "draining", "purging", "recovered",
+    __slots__ = ("bare", "breaker", "conditional", "deadlines", "draining", "purging",
+                 "recovered",
                  "responsive", "searchable", "stale", "timeout", "versioned", "write_breaker")
 
     def __init__(self, tier: Tier, backend: Backend, index: int, breaker: CircuitBreaker,
@@ -122,6 +125,11 @@ class RemoteTier(_Handle):
         self.searchable: Searchable | None = backend if isinstance(backend, Searchable) \
             else None
         self.bare: BarePayloads | None = backend if isinstance(backend, BarePayloads) else None
+        #: Conditional writes of plain items (a versioned tier has its own: ``append`` with
+        #: an expected version; a searchable one keeps an index beside its rows).
+        self.conditional: Conditional | None = backend if (
+            isinstance(backend, Conditional) and self.versioned is None
+            and self.searchable is None) else None
         self.purging: Purging | None = backend if isinstance(backend, Purging) else None
         self.responsive: Responsive | None = backend if isinstance(backend, Responsive) \
             else None

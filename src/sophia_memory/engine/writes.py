@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .._logging import RateLimited
-from ..errors import TierUnavailableError
+from ..errors import InvalidArgumentError, TierUnavailableError, VersionConflictError
 from ..tiers import Record, Tier
 from .handles import InProcessTier, RemoteTier, TierHandle
 from .ordering import MASK, KeyOrder
@@ -36,14 +37,22 @@ log = logging.getLogger("sophia_memory.writes")
 warn = RateLimited(log)
 
 _PROMOTED_INTO = (Tier.GPU, Tier.SESSION)
+#: Conditional writes that lost to another process in a row before :meth:`Writer.update`
+#: gives up (each loss means another writer's update went through).
+_RETRIES = 1000
+
+T = TypeVar("T")
+#: ``change(record, value, now) -> (record to write or None, result)``: see ``update``.
+Change = Callable[[Record | None, Any, float], tuple[Record | None, T]]
 
 
 class Writer:
     """Puts and deletes over the chain of tiers."""
 
     def __init__(self, chain: list[TierHandle], order: KeyOrder, spiller: Spiller,
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float], decode: Callable[[bytes], Any]) -> None:
         self.chain = chain
+        self.decode = decode
         self.order = order
         self.spiller = spiller
         self.now = now
@@ -99,7 +108,6 @@ class Writer:
         (steps 1-3 above). For a versioned tier and one record, the version written."""
         version: int | None = None
         keys = list(records)
-        spiller = self.spiller
         async with self.order.writing(keys):
             now = self.now()
             try:
@@ -118,23 +126,115 @@ class Writer:
             except TierUnavailableError:
                 self._distrust_above(keys, home)
                 raise
-            home.stats.puts += len(records)
-            if isinstance(home, RemoteTier) and home.stale:
-                home.stale.difference_update(keys)
-            # Step 2. Inserting a batch into an in-process home may evict (and so spill) the
-            # older value of a key later in the batch, or this write's own values: what is
-            # this write's own value is told by identity, and kept.
-            if isinstance(home, InProcessTier) and spiller.buffer:
-                self._take_older(records)
-            if spiller.copies:
-                masks = {k: m for k in keys if (m := spiller.copies.get(k))}
-                if masks:
-                    await self._drop_spilled(masks, home, records, now)
-            if isinstance(home, InProcessTier):
-                await self._drop_promoted_below(keys, home, now)
-            if home.index:
-                await self._clear_above(keys, home, now)
+            await self._supersede(records, home, now)
         return version
+
+    async def _supersede(self, records: dict[str, Record], home: TierHandle,
+                         now: float) -> None:
+        """Steps 2 and 3, once ``home`` holds ``records`` (the caller holds their keys)."""
+        keys = list(records)
+        spiller = self.spiller
+        home.stats.puts += len(records)
+        if isinstance(home, RemoteTier) and home.stale:
+            home.stale.difference_update(keys)
+        # Step 2. Inserting a batch into an in-process home may evict (and so spill) the
+        # older value of a key later in the batch, or this write's own values: what is this
+        # write's own value is told by identity, and kept.
+        if isinstance(home, InProcessTier) and spiller.buffer:
+            self._take_older(records)
+        if spiller.copies:
+            masks = {k: m for k in keys if (m := spiller.copies.get(k))}
+            if masks:
+                await self._drop_spilled(masks, home, records, now)
+        if isinstance(home, InProcessTier):
+            await self._drop_promoted_below(keys, home, now)
+        if home.index:
+            await self._clear_above(keys, home, now)
+
+    async def update(self, key: str, home: TierHandle, change: Change[T]) -> T:
+        """A read-modify-write of ``key`` in ``home``, atomic: ``change(record, value, now)``
+        sees the live item (``(None, None, now)`` when there is none) and returns the record
+        to write instead (None: write nothing) and the call's result.
+
+        The key is held throughout, so nothing in this process interleaves. Against other
+        processes the store decides: a versioned tier appends only on top of the version
+        read, a :class:`~sophia_memory.backends.Conditional` one writes only over exactly
+        what was read; when another writer came first, the item is read again and ``change``
+        asked again. An in-process home reads the item where the user would find it: there,
+        in transit below, or where a spill put it."""
+        async with self.order.writing([key]):
+            for _ in range(_RETRIES):
+                now = self.now()
+                if isinstance(home, InProcessTier):
+                    rec, value = await self.current_in(key, home, now)
+                    new, result = change(rec, value, now)
+                    if new is None:
+                        return result
+                    home.put_nowait(key, new)
+                    break
+                versioned = home.versioned
+                if versioned is not None:
+                    rec = await home.get(key, now)
+                    new, result = change(*self.live(home, rec, now), now)
+                    if new is None:
+                        return result
+                    try:
+                        new.version = await home.call(versioned.append, key, new,
+                                                      0 if rec is None else rec.version)
+                    except VersionConflictError:
+                        continue  # another process appended first: read again
+                    except TierUnavailableError:
+                        self._distrust_above([key], home)
+                        raise
+                    break
+                conditional = home.conditional
+                if conditional is None:
+                    raise InvalidArgumentError(f"{home.tier} ({home.backend.describe()}) "
+                                               "cannot write conditionally")
+                rec, token = await home.call(conditional.read_for_update, key, now)
+                new, result = change(*self.live(home, rec, now), now)
+                if new is None:
+                    return result
+                try:
+                    if await home.call(conditional.put_if, key, new, token):
+                        break
+                except TierUnavailableError:
+                    self._distrust_above([key], home)
+                    raise
+            else:
+                raise TierUnavailableError(home.tier, f"{key!r} changed under {_RETRIES} "
+                                           "conditional writes in a row")
+            await self._supersede({key: new}, home, now)
+        return result
+
+    def live(self, tier: TierHandle, rec: Record | None,
+              now: float) -> tuple[Record | None, Any]:
+        if rec is None or rec.expired(now):
+            return None, None
+        if isinstance(tier, InProcessTier):
+            return rec, rec.payload
+        return rec, self.decode(rec.payload)
+
+    async def current_in(self, key: str, home: InProcessTier,
+                             now: float) -> tuple[Record | None, Any]:
+        """The live item of ``key`` as a read finds it from ``home`` down its own lineage:
+        in ``home``, in transit from it, or in a tier a spill moved it to."""
+        rec = home.peek(key)
+        if rec is not None:
+            return self.live(home, rec, now)
+        spiller = self.spiller
+        entry = spiller.pending(key, now) if spiller.buffer else None
+        if entry is not None and entry.source is home:
+            return entry.record, entry.value
+        mask = spiller.copies.get(key, 0)
+        for tier in self.chain[home.index + 1:]:
+            if not mask >> tier.index & 1:
+                continue
+            found = tier.peek(key) if isinstance(tier, InProcessTier) else \
+                await tier.get(key, now)
+            if found is not None:
+                return self.live(tier, found, now)
+        return None, None
 
     def _take_older(self, records: dict[str, Record]) -> None:
         """Remove items in transit that hold an older value of ``records``' keys."""
@@ -211,6 +311,35 @@ class Writer:
             above = (1 << home.index) - 1
             for k in keys:
                 spiller.forget_bits(k, above)
+
+    async def clear_tier(self, keys: list[str], tier: TierHandle) -> int:
+        """Remove ``keys`` from ``tier`` alone, and the copies promotion made of them above
+        it (so no cleared item stays readable); items other tiers hold as their own stay.
+        How many held a live item there."""
+        removed = 0
+        async with self.order.writing(keys):
+            now = self.now()
+            if isinstance(tier, InProcessTier):
+                for k in keys:
+                    rec = tier.pop_nowait(k)
+                    removed += rec is not None and not rec.expired(now)
+            else:
+                removed = len(await tier.drop(keys, now))
+            tier.stats.deletes += len(keys)
+            spiller = self.spiller
+            if spiller.copies:
+                for k in keys:
+                    spiller.forget_bits(k, 1 << tier.index)
+            for near in reversed(self.chain[: tier.index]):
+                if isinstance(near, InProcessTier):
+                    for k in keys:
+                        near.pop_copy(k)
+                    continue
+                try:
+                    await near.drop(keys, now, only=_is_copy)
+                except TierUnavailableError:
+                    near.stale.update(keys)
+        return removed
 
     def _distrust_above(self, keys: list[str], home: TierHandle) -> None:
         """A remote write that failed may still land: no copy above may outlive it."""

@@ -6,7 +6,8 @@ keys, close). A backend with an optional ability (a protocol of
 why: ``Purging`` (``purge_expired``), ``ObjectStore`` (synchronous access), ``Evicting``
 (eviction reported to the listener), ``Searchable`` (exact top-k search, namespaces,
 ``min_score``, unusable vectors refused), ``Versioned`` (append, ``expected_version``
-conflicts, history, ``get_version``) and ``Invalidating`` (the listener is accepted).
+conflicts, history, ``get_version``), ``Conditional`` (``put_if`` writes only over exactly
+what ``read_for_update`` saw) and ``Invalidating`` (the listener is accepted).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from ..backends import (
     Backend,
+    Conditional,
     Evicting,
     Invalidating,
     ObjectStore,
@@ -192,6 +194,42 @@ class BackendTests:
         for name, value in before.items():
             if name in _COUNTERS and _is_number(value):
                 assert _is_number(after.get(name)) and after[name] >= value, (name, after)
+
+    async def test_conditional_writes(self, backend: Backend) -> None:
+        if not isinstance(backend, Conditional):
+            pytest.skip("backend has no conditional writes")
+        rec, token = await backend.read_for_update("c", NOW)
+        assert rec is None
+        assert await backend.put_if("c", self.record(1), token) is True  # nothing was there
+        assert await backend.put_if("c", self.record(2), token) is False  # now something is
+        rec, token = await backend.read_for_update("c", NOW)
+        assert rec is not None and self.same_payload(rec.payload, self.payload(1))
+        await backend.put("c", self.record(3))  # another writer comes first
+        assert await backend.put_if("c", self.record(4), token) is False
+        got = await backend.get("c", NOW)
+        assert got is not None and self.same_payload(got.payload, self.payload(3))
+        rec, token = await backend.read_for_update("c", NOW)
+        assert await backend.put_if("c", self.record(5, expires_at=NOW + 10,
+                                                      extra={"m": 1}), token) is True
+        got = await backend.get("c", NOW)
+        assert got is not None and self.same_payload(got.payload, self.payload(5))
+        assert (got.expires_at, got.extra) == (NOW + 10, {"m": 1})
+        rec, token = await backend.read_for_update("c", NOW)
+        assert await backend.delete("c", NOW) is True  # removed in between
+        assert await backend.put_if("c", self.record(6), token) is False
+        assert await backend.get("c", NOW) is None
+        # an expired item is written over by its own token
+        await backend.put("e", self.record(7, expires_at=NOW - 1))
+        rec, token = await backend.read_for_update("e", NOW)
+        assert rec is not None and rec.expired(NOW)
+        assert await backend.put_if("e", self.record(8), token) is True
+        got = await backend.get("e", NOW)
+        assert got is not None and self.same_payload(got.payload, self.payload(8))
+        for key in HOSTILE_KEYS:
+            rec, token = await backend.read_for_update(key, NOW)
+            assert await backend.put_if(key, self.record(9), token) is True
+            got = await backend.get(key, NOW)
+            assert got is not None and self.same_payload(got.payload, self.payload(9))
 
     async def test_purge_expired(self, backend: Backend) -> None:
         if not isinstance(backend, Purging):

@@ -264,6 +264,22 @@ class GatedBackend(Backend):
         self._data.update((k, _copy(r)) for k, r in records.items())
         await self._pass("put_many", keys, "after")
 
+    async def read_for_update(self, key: str, now: float) -> tuple[Record | None, Any]:
+        """The record and, as the token, the stored object itself (identity)."""
+        await self._pass("read_for_update", (key,), "before")
+        rec = self._data.get(key)
+        found = None if rec is None else _copy(rec)
+        await self._pass("read_for_update", (key,), "after")
+        return found, rec
+
+    async def put_if(self, key: str, record: Record, token: Any) -> bool:
+        await self._pass("put_if", (key,), "before")
+        done = self._data.get(key) is token
+        if done:
+            self._data[key] = _copy(record)
+        await self._pass("put_if", (key,), "after")
+        return done
+
     async def delete(self, key: str, now: float) -> bool:
         await self._pass("delete", (key,), "before")
         rec = self._data.pop(key, None)

@@ -70,6 +70,20 @@ _HEAD = struct.Struct("<4sddqqBI")
 _EXPIRY_GRACE_MS = 60_000
 _FAILED = "Redis call failed"
 
+#: ``put_if``: store ARGV[2] (with PX ARGV[3] when not empty) only if the key still holds
+#: exactly the string ARGV[1] (empty: nothing). One script, so atomic in the server.
+_PUT_IF = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false then cur = '' end
+if cur ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"""
+
 
 def _pack(rec: Record) -> bytes:
     extra = msgpack.packb(rec.extra) if rec.extra else b""
@@ -382,6 +396,28 @@ class RedisBackend(Backend):
         if plain and not self._cluster:
             pipe.mset(plain)
         await self._run(pipe.execute())
+
+    # -- conditional writes (Conditional): the token is the stored string itself -------------
+
+    async def read_for_update(self, key: str, now: float) -> tuple[Record | None, bytes]:
+        """The record under ``key`` and the exact string stored (b"": none)."""
+        wire = self._wire
+        if wire is not None:
+            raw = await self._run(wire.one("GET", self.prefix + key))
+        else:
+            raw = await self._run(self.client.get(self.prefix + key))
+        return (None, b"") if raw is None else (_unpack(raw), raw)
+
+    async def put_if(self, key: str, record: Record, token: bytes) -> bool:
+        """One Lua script: ``SET`` only if the key still holds ``token`` byte for byte."""
+        px = self._px(record)
+        args = (self.prefix + key, token, _pack(record), "" if px is None else px)
+        wire = self._wire
+        if type(wire) is Wire:
+            done = await self._run(wire.one("EVAL", _PUT_IF, 1, *args))
+        else:  # Cluster (EVAL is routed by its key) or the client's own methods
+            done = await self._run(self.client.eval(_PUT_IF, 1, *args))
+        return bool(done)
 
     async def delete(self, key: str, now: float) -> bool:
         wire = self._wire

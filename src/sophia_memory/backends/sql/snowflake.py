@@ -341,7 +341,7 @@ class SnowflakeBackend(Backend):
     # -- DDL ----------------------------------------------------------------------------------
 
     def table_ddl(self) -> str:
-        """The ``CREATE TABLE IF NOT EXISTS`` this backend runs (documented in the README)."""
+        """The ``CREATE TABLE IF NOT EXISTS`` this backend runs (docs/snowflake.md)."""
         return self.layout.ddl(self._t)
 
     def _ensure(self, cur: Any) -> bool:
@@ -467,6 +467,62 @@ class SnowflakeBackend(Backend):
     async def put_many(self, records: Mapping[str, Record]) -> None:
         if records:
             await self.engine.upsert(self, [self._row(k, r) for k, r in records.items()])
+
+    # -- conditional writes (Conditional) -------------------------------------------------------
+
+    async def read_for_update(self, key: str, now: float,
+                              ) -> tuple[Record | None, tuple[Any, ...] | None]:
+        """The record under ``key`` and, as the token, the stored columns every write of
+        ours sets (payload, expiry, creation time, metadata); None where no row is."""
+        rows = await self._query(f"SELECT {self._select} FROM {self._t} WHERE {self._k} = ?",
+                                 [key])
+        if not rows:
+            return None, None
+        rec = self._record(rows[0])
+        return rec, (rec.payload, rec.expires_at, rec.created_at, rows[0][6])
+
+    async def put_if(self, key: str, record: Record, token: tuple[Any, ...] | None) -> bool:
+        """One ``MERGE``: insert where no row is (``token`` None), or update the row only
+        while its columns still equal ``token``. The token's values travel in the bound
+        source row (as ``OLD_*`` columns), like the new values."""
+        row = self._row(key, record)
+        cols = list(self.layout.written)
+        names = [c.name for c in cols]
+        conds: list[str] = []
+        if token is not None:
+            payload, expires_at, created_at, extra = token
+            olds = (("PAYLOAD", _b64(payload), "VARCHAR", "TO_BINARY({}, 'BASE64')"),
+                    ("CREATED_AT", created_at, "FLOAT", "{}::FLOAT"),
+                    ("EXPIRES_AT", expires_at, "FLOAT", "{}::FLOAT"),
+                    ("EXTRA", extra, "VARCHAR", "{}::VARCHAR"))
+            for name, value, stage, expr in olds:
+                if value is None:
+                    conds.append(f"t.{name} IS NULL")
+                    continue
+                cols.append(Column(f"OLD_{name}", stage, stage, expr))
+                row = (*row, value)
+                conds.append(f"t.{name} = s.OLD_{name}")
+        source, refs, params = self._values([row])
+        select = ", ".join(f"{c.expr.format(ref)} AS {c.name}"
+                           for c, ref in zip(cols, refs, strict=True))
+        merge = (f"MERGE INTO {self._t} AS t USING (SELECT {select} FROM {source}) AS s "
+                 f"ON t.{self._k} = s.{self._k} ")
+        if token is None:
+            sql = (merge + f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}, UPDATED_AT) "
+                   f"VALUES ({', '.join(f's.{n}' for n in names)}, CURRENT_TIMESTAMP())")
+        else:
+            updates = ", ".join(f"{n} = s.{n}" for n in names[1:])
+            sql = (merge + f"WHEN MATCHED AND {' AND '.join(conds)} THEN UPDATE SET "
+                   f"{updates}, UPDATED_AT = CURRENT_TIMESTAMP()")
+
+        def run(cur: Any) -> int:
+            if not self._ensure(cur):
+                raise BackendError(f"table {self._t} does not exist yet and cannot be "
+                                   "created")
+            self.engine.execute(cur, sql, params)
+            return max(0, cur.rowcount or 0)
+
+        return bool(await self.engine.write(run))
 
     async def delete(self, key: str, now: float) -> bool:
         return await self.delete_many([key], now) > 0

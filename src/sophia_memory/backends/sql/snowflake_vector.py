@@ -56,6 +56,11 @@ def _vector_json(values: Any) -> str:
 class SnowflakeVectorBackend(SnowflakeBackend):
     """Items with an embedding, searched exactly by cosine or inner product in SQL."""
 
+    # Not :class:`~sophia_memory.backends.Conditional` (items carry a vector; writes go
+    # through put).
+    read_for_update = None  # type: ignore[assignment]
+    put_if = None  # type: ignore[assignment]
+
     def __init__(self, settings: SnowflakeSettings, table: str, *, dim: int | None = None,
                  metric: str = "cosine", **kw: Any) -> None:
         super().__init__(settings, table, layout=vector_layout(dim), **kw)

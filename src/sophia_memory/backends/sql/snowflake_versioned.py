@@ -7,7 +7,7 @@ and the insert cannot interleave with another append; the insert is also guarded
 (``WHERE NOT EXISTS`` a version at or above the new one), which stops an append from another
 process that committed before this one started. Two processes appending the same key at the
 same instant are not excluded: Snowflake runs concurrent ``INSERT ... SELECT`` without a lock
-and does not enforce the primary key, so both may write the same version (see README,
+and does not enforce the primary key, so both may write the same version (see docs/snowflake.md,
 "Verified against the emulator only"). Retention keeps the newest
 ``retain`` versions: older rows are deleted after each append, and reads never show a version
 retention has passed even before that delete has run.
@@ -31,6 +31,11 @@ _VERSION_INDEX = 6  # of VERSION in a written row: key, variant, payload, expire
 
 class SnowflakeVersionedBackend(RetainedVersions, SnowflakeBackend):
     """Append-only versions per key, with retention of the newest ``retain``."""
+
+    # Not :class:`~sophia_memory.backends.Conditional` (versions are appended with an
+    # expected version instead).
+    read_for_update = None  # type: ignore[assignment]
+    put_if = None  # type: ignore[assignment]
 
     def __init__(self, settings: SnowflakeSettings, table: str, *, retain: int | None = 100,
                  **kw: Any) -> None:

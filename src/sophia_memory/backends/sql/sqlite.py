@@ -435,6 +435,14 @@ class SQLiteBackend(Backend):
                             "(expires_at IS NULL OR expires_at > ?)")
         self._sql_put = (f"INSERT INTO {t} ({k}, {cols}) VALUES ({marks}) "
                          f"ON CONFLICT({k}) DO UPDATE SET {updates}")
+        # Conditional writes: insert only where nothing is, or update only the row as read
+        # (every column compared NULL-safely); the writer thread reports the rows changed.
+        self._sql_insert_new = (f"INSERT INTO {t} ({k}, {cols}) VALUES ({marks}) "
+                                f"ON CONFLICT({k}) DO NOTHING")
+        names = cols.split(", ")
+        self._sql_update_if = (f"UPDATE {t} SET ({cols}) = ({', '.join('?' * len(names))}) "
+                               f"WHERE {k} = ? AND "
+                               + " AND ".join(f"{c} IS ?" for c in names))
         self._sql_delete = f"DELETE FROM {t} WHERE {k} = ? RETURNING expires_at"
         self._sql_delete_many = f"DELETE FROM {t} WHERE {k} IN "
         self._sql_keys = f"SELECT {k} FROM {t} WHERE (expires_at IS NULL OR expires_at > ?)"
@@ -497,6 +505,26 @@ class SQLiteBackend(Backend):
         if records:
             rows = [self._params(k, r) for k, r in records.items()]
             await self.engine.submit(self._sql_put, rows, many=True)
+
+    async def read_for_update(self, key: str, now: float,
+                              ) -> tuple[Record | None, tuple[Any, ...] | None]:
+        """The record under ``key`` and its row as stored (None: no row)."""
+        try:
+            row = self.engine.reader.execute(self._sql_get, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise BackendError(f"SQLite read failed: {exc}") from exc
+        return (None, None) if row is None else (_row_to_record(row, self.layout), tuple(row))
+
+    async def put_if(self, key: str, record: Record, token: tuple[Any, ...] | None) -> bool:
+        """Insert where no row is (``token`` None), or update the row only if it still holds
+        exactly ``token``: one statement, so atomic against other connections."""
+        params = self._params(key, record)
+        if token is None:
+            changed = await self.engine.submit(self._sql_insert_new, params)
+        else:
+            changed = await self.engine.submit(self._sql_update_if,
+                                               (*params[1:], key, *token))
+        return bool(changed)
 
     async def delete(self, key: str, now: float) -> bool:
         rows = await self.engine.submit(self._sql_delete, (key,), fetch=True)

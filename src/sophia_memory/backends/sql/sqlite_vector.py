@@ -34,6 +34,11 @@ VECTOR_LAYOUT = Layout(meta=(("embedding", "BLOB"), ("dim", "INTEGER")),
 class SQLiteVectorBackend(SQLiteBackend):
     """Items with an embedding, searched exactly by cosine or inner product."""
 
+    # Not :class:`~sophia_memory.backends.Conditional` (each row's vector is indexed beside
+    # it, which put_if would skip).
+    read_for_update = None  # type: ignore[assignment]
+    put_if = None  # type: ignore[assignment]
+
     layout = VECTOR_LAYOUT
 
     def __init__(self, path: str | Path, table: str, synchronous: str = "normal",

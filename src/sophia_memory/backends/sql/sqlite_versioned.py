@@ -28,6 +28,11 @@ _LATEST = "version = (SELECT MAX(version) FROM {t} AS u WHERE u.key = {t}.key)"
 class SQLiteVersionedBackend(RetainedVersions, SQLiteBackend):
     """Append-only versions per key, with retention of the newest ``retain``."""
 
+    # Not :class:`~sophia_memory.backends.Conditional` (versions are appended with an
+    # expected version instead).
+    read_for_update = None  # type: ignore[assignment]
+    put_if = None  # type: ignore[assignment]
+
     def __init__(self, path: str | Path, table: str, synchronous: str = "normal",
                  retain: int | None = 100) -> None:
         self._keep_retain(retain)
