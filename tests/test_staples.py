@@ -303,3 +303,23 @@ async def test_a_conflicting_write_elsewhere_is_retried(tmp_path: Path,
         calls = [c for c in g.log if c[0] == "put_if"]
         assert len(calls) >= 2  # the refused write and the one that went through
     reset_gated()
+
+
+async def test_counters_in_a_tiny_session_tier_lose_nothing_while_it_spills(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """A SESSION of two items under 200 concurrent increments of ten counters and puts of
+    other keys: counters are evicted, in transit and spilled all the time, and each
+    increment still builds on the one before."""
+    async with _open(tmp_path, clock, "churn", {Tier.SESSION: "memory://?max_items=2"}) as mem:
+        async def bump(i: int) -> int:
+            if i % 3 == 0:
+                await mem.put(f"filler{i}", i)  # pushes a counter out of SESSION
+            return await mem.incr(f"c{i % 10}")
+
+        await asyncio.gather(*[bump(i) for i in range(200)])
+        assert {f"c{j}": await mem.get(f"c{j}") for j in range(10)} == \
+            {f"c{j}": 20 for j in range(10)}
+        await mem.flush()
+        assert [await mem.get(f"c{j}") for j in range(10)] == [20] * 10
+        stats = mem.stats()["tiers"]["SESSION"]
+        assert stats["spills"] > 0  # the counters really moved down meanwhile

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from ._readings import METRICS, read
 from .errors import MissingDependencyError
 from .memory import Memory
 from .tiers import Tier
@@ -93,36 +94,18 @@ class MemoryCollector(Collector):
         return []  # collected lazily: the tiers are known only at scrape time
 
     def collect(self) -> Iterator[Any]:
-        stats = self.mem.stats()
-        ops = CounterMetricFamily("sophia_memory_operations", "Operations per tier by outcome",
-                                  labels=["tier", "operation", "outcome"])
+        readings = read(self.mem)
+        families: list[Any] = []
+        for metric in METRICS:
+            family = (CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily)(
+                f"sophia_memory_{metric.name}", metric.help, labels=list(metric.labels))
+            for labels, value in readings[metric.name]:
+                family.add_metric(list(labels), value)
+            families.append(family)
         latency = HistogramMetricFamily("sophia_memory_latency_seconds",
                                         "Call latency per tier (buckets: fractions of the "
                                         "tier's budget)", labels=["tier"])
-        items = GaugeMetricFamily("sophia_memory_items", "Items held", labels=["tier"])
-        held = GaugeMetricFamily("sophia_memory_bytes", "Bytes held", labels=["tier"])
-        evictions = CounterMetricFamily("sophia_memory_evictions", "Items evicted",
-                                        labels=["tier"])
-        spills = CounterMetricFamily("sophia_memory_spills", "Items spilled out of the tier",
-                                     labels=["tier"])
-        dropped = CounterMetricFamily("sophia_memory_spills_dropped",
-                                      "Spills out of the tier that no tier below took",
-                                      labels=["tier"])
-        promotions = CounterMetricFamily("sophia_memory_promotions",
-                                         "Copies promoted into the tier", labels=["tier"])
-        breaker = GaugeMetricFamily("sophia_memory_breaker_open",
-                                    "1 while the tier's breaker is open",
-                                    labels=["tier", "direction"])
-        by_tier = {slot.tier.name: slot for slot in self.mem._core.slots}
-        for name, info in stats["tiers"].items():
-            slot = by_tier.get(name)
-            if slot is None:
-                continue  # switched off or unavailable
-            for op, outcome, field in (("get", "hit", "hits"), ("get", "miss", "misses"),
-                                       ("put", "ok", "puts"), ("delete", "ok", "deletes"),
-                                       ("call", "error", "errors"),
-                                       ("call", "refused", "refused")):
-                ops.add_metric([name, op, outcome], info.get(field, 0))
+        for slot in self.mem._core.slots:
             window = slot.stats.latencies
             if isinstance(window, _CountingWindow):
                 cumulative, buckets = 0, []
@@ -131,43 +114,9 @@ class MemoryCollector(Collector):
                     cumulative += count
                     buckets.append(("+Inf" if bound == float("inf") else repr(bound),
                                     cumulative))
-                latency.add_metric([name], buckets, window.total)
-            n_items, n_bytes, n_evicted = _holdings(info.get("backend_stats", {}))
-            if n_items is not None:
-                items.add_metric([name], n_items)
-            if n_bytes is not None:
-                held.add_metric([name], n_bytes)
-            if n_evicted is not None:
-                evictions.add_metric([name], n_evicted)
-            spills.add_metric([name], info.get("spills", 0))
-            dropped.add_metric([name], info.get("spills_dropped", 0))
-            promotions.add_metric([name], info.get("promotions", 0))
-            for direction, key in (("read", "breaker"), ("write", "write_breaker")):
-                state = info.get(key)
-                if state is not None:
-                    breaker.add_metric([name, direction], 0.0 if state == "closed" else 1.0)
-        yield from (ops, latency, items, held, evictions, spills, dropped, promotions,
-                    breaker)
-        spill = stats.get("spill", {})
-        buffered = GaugeMetricFamily("sophia_memory_spill_buffer_items",
-                                     "Items in transit to a slower tier")
-        buffered.add_metric([], spill.get("items", 0))
-        yield buffered
-        promotion = stats.get("promotion", {})
-        queued = GaugeMetricFamily("sophia_memory_promotion_queue", "Promotions waiting")
-        queued.add_metric([], promotion.get("queued", 0))
-        yield queued
-
-
-def _holdings(backend: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
-    """(items, bytes, evictions) from a backend's own figures; pools are summed."""
-    pools = backend.get("pools")
-    if isinstance(pools, dict) and pools:
-        return (sum(p.get("items", 0) for p in pools.values()),
-                sum(p.get("used", 0) for p in pools.values()),
-                sum(p.get("evictions", 0) for p in pools.values()))
-    n_items = backend.get("items", backend.get("rows"))
-    return n_items, backend.get("bytes"), backend.get("evictions")
+                latency.add_metric([slot.tier.name], buckets, window.total)
+        families.insert(1, latency)
+        yield from families
 
 
 def register(mem: Memory, registry: CollectorRegistry | None = None) -> MemoryCollector:
