@@ -61,7 +61,29 @@ def start_cluster(workdir: Path) -> tuple[list[int], list[subprocess.Popen[bytes
     subprocess.run(["redis-cli", "--cluster", "create",
                     *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
                     "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    _wait_until_settled(ports)
     return ports, procs
+
+
+def _cli(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], check=False,
+                          capture_output=True, text=True, timeout=10).stdout
+
+
+def _wait_until_settled(ports: list[int]) -> None:
+    """Wait (bounded) until every node says the cluster is ok, knows every node and has the
+    same slot map: ``create`` returns once the slots are assigned, and the nodes learn each
+    other's by gossip afterwards; a client that starts before then meets MOVED replies."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        infos = [_cli(p, "cluster", "info") for p in ports]
+        if all("cluster_state:ok" in i and f"cluster_known_nodes:{len(ports)}" in i
+               and "cluster_slots_ok:16384" in i for i in infos):
+            maps = {tuple(sorted(_cli(p, "cluster", "slots").split())) for p in ports}
+            if len(maps) == 1:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("the Redis Cluster did not settle within 60 s")
 
 
 def start_sentinel(workdir: Path, service: str) -> tuple[int, list[subprocess.Popen[bytes]]]:

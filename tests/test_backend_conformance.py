@@ -15,7 +15,7 @@ from sophia_memory.backends.pools.hostpool import HostPoolBackend
 from sophia_memory.backends.sql.sqlite import CORTEX_LAYOUT, SQLiteBackend
 from sophia_memory.backends.sql.sqlite_versioned import SQLiteVersionedBackend
 from sophia_memory.config import DEFAULT_URLS
-from sophia_memory.testing import BackendTests, Gate, GatedBackend
+from sophia_memory.testing import BackendTests, Gate, GatedBackend, SharedGatedBackend
 
 
 class TestMemoryBackend(BackendTests):
@@ -69,3 +69,11 @@ class TestGatedBackend(BackendTests):
 
     async def make_backend(self, tmp_path: Path) -> Backend:
         return GatedBackend(f"conformance-{tmp_path.name}", gate=Gate(seed=7, max_yields=3))
+
+
+class TestSharedGatedBackend(BackendTests):
+    """The gated backend that reports writes made "elsewhere" (as Redis key tracking does):
+    the invalidation test sees a real report."""
+
+    async def make_backend(self, tmp_path: Path) -> Backend:
+        return SharedGatedBackend(f"shared-{tmp_path.name}", gate=Gate(seed=7, max_yields=3))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import uuid
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sophia_memory import InvalidArgumentError, ManualClock, Memory, Tier
+from sophia_memory import InvalidArgumentError, ManualClock, Memory, Tier, VersionConflictError
 from sophia_memory.testing import gate, gated_data, reset_gated
 from sophia_memory.tiers import Record
 
@@ -33,8 +34,11 @@ SETUPS = [
     ("sqlite-persistent", Tier.PERSISTENT, {}),
     ("workflow", Tier.WORKFLOW, {}),
     ("gated", Tier.CORTEX, {Tier.CORTEX: "gated://staples?persistent=1&yields=2&seed=3"}),
+    # one reader connection: the emulator fails connections opened at the same moment; and
+    # a long deadline: it runs one statement at a time, tens of milliseconds each
     ("snowflake-emulated", Tier.PERSISTENT,
-     {Tier.PERSISTENT: "snowflake://tester:s3cret@acct-test/TESTDB/SOPHIA_AI_MEMORY"}),
+     {Tier.PERSISTENT: "snowflake://tester:s3cret@acct-test/TESTDB/SOPHIA_AI_MEMORY"
+                       "?readers=1&timeout=60"}),
 ]
 
 
@@ -143,6 +147,33 @@ async def test_compare_and_set(setup: Any) -> None:
     assert await mem.compare_and_set("i", True, 5, tier=tier) is False
     assert await mem.compare_and_set("i", 1, 5, tier=tier) is True
     assert await mem.get("i") == 5
+
+
+async def test_put_with_expected_version(setup: Any) -> None:
+    """Optimistic concurrency as on WORKFLOW: every write gives the item a new version
+    (``Entry.version``); a put with ``expected_version`` writes only over that version."""
+    mem, tier, _ = setup
+    v1 = await mem.put("e", {"n": 1}, tier=tier, expected_version=0)  # 0: must not exist
+    assert isinstance(v1, int) and v1 > 0
+    entry = await mem.get_entry("e")
+    assert entry is not None and entry.version == v1 and entry.value == {"n": 1}
+    with pytest.raises(VersionConflictError) as err:
+        await mem.put("e", {"n": 0}, tier=tier, expected_version=0)
+    assert err.value.current_version == v1
+    v2 = await mem.put("e", {"n": 2}, tier=tier, expected_version=v1)
+    assert v2 != v1 and (await mem.get_entry("e")).version == v2  # type: ignore[union-attr]
+    with pytest.raises(VersionConflictError) as err:  # a writer holding the old version
+        await mem.put("e", {"n": 3}, tier=tier, expected_version=v1)
+    assert err.value.current_version == v2 and await mem.get("e") == {"n": 2}
+    await mem.put("e", {"n": 4}, tier=tier)  # a plain put changes the version too
+    with pytest.raises(VersionConflictError):
+        await mem.put("e", {"n": 5}, tier=tier, expected_version=v2)
+    assert await mem.incr("c", tier=tier) == 1
+    vc = (await mem.get_entry("c")).version  # type: ignore[union-attr]
+    assert await mem.incr("c", tier=tier) == 2  # so do the staples
+    assert (await mem.get_entry("c")).version != vc  # type: ignore[union-attr]
+    with pytest.raises(InvalidArgumentError, match="expected_version"):
+        await mem.put("e", 1, tier=tier, expected_version=-1)
 
 
 async def test_touch_and_ttl(setup: Any, clock: ManualClock) -> None:
@@ -273,6 +304,8 @@ async def test_tiers_that_cannot_refuse_clearly(tmp_path: Path, clock: ManualClo
             await mem.add("v", 1, tier=Tier.VECTOR)
         with pytest.raises(InvalidArgumentError, match="VECTOR items carry a vector"):
             await mem.incr("v", tier=Tier.VECTOR)
+        with pytest.raises(InvalidArgumentError, match="not conditionally"):
+            await mem.put("v", 1, tier=Tier.VECTOR, vector=[1.0, 0.0], expected_version=0)
         with pytest.raises(InvalidArgumentError, match="ttl"):
             await mem.add("k", 1, ttl=-1)
         with pytest.raises(InvalidArgumentError):
@@ -323,3 +356,131 @@ async def test_counters_in_a_tiny_session_tier_lose_nothing_while_it_spills(
         assert [await mem.get(f"c{j}") for j in range(10)] == [20] * 10
         stats = mem.stats()["tiers"]["SESSION"]
         assert stats["spills"] > 0  # the counters really moved down meanwhile
+
+
+def test_versions_are_unique_across_a_fork() -> None:
+    """A forked worker (gunicorn's preload, multiprocessing's fork) starts its own
+    sequence: its writes never reuse a version the parent hands out."""
+    from sophia_memory.tiers import next_version
+
+    first = next_version()
+    assert next_version() == first + 1 and first > 0
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, str([next_version() for _ in range(3)]).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = json.loads(os.read(read, 1000))
+    os.close(read)
+    os.close(write)
+    mine = [next_version() for _ in range(3)]
+    assert not set(child) & set(range(first, first + 10_000))
+    assert not set(child) & set(mine)
+
+
+# -- found by a review: each test below failed before its fix ----------------------------------
+
+
+async def test_touch_of_an_item_in_transit_leaves_no_older_copy(tmp_path: Path,
+                                                                clock: ManualClock) -> None:
+    """An item evicted from SESSION and still in the spill buffer is touched (same value
+    object, shorter TTL): the copy in transit must not land below with the old expiry."""
+    async with _open(tmp_path, clock, "transit", {Tier.SESSION: "memory://?max_items=1"}) as mem:
+        for op in ("touch", "cas", "put"):
+            val = {"state": op}
+            await mem.put(op, val, ttl=1000)
+            await mem.put(f"{op}-other", 2)  # evicts it: in transit to CORTEX
+            if op == "touch":
+                assert await mem.touch(op, 5) is True
+            elif op == "cas":
+                assert await mem.compare_and_set(op, val, val, ttl=5) is True
+            else:
+                await mem.put(op, val, ttl=5)
+            assert await mem.ttl(op) == pytest.approx(5)
+            await mem.flush()
+        clock.advance(10)
+        for op in ("touch", "cas", "put"):
+            assert await mem.get(op) is None, op  # no copy with the old expiry anywhere
+            assert await mem.get_entry(op, promote=False) is None
+
+
+async def test_a_staple_reads_the_same_item_whether_or_not_it_was_promoted(
+        tmp_path: Path, clock: ManualClock) -> None:
+    async with _open(tmp_path, clock, "promoted", {}) as mem:
+        results = []
+        for promoted in (False, True):
+            key = f"k{promoted}"
+            await mem.put(key, 10, tier=Tier.PERSISTENT)
+            if promoted:
+                assert await mem.get(key) == 10
+                await mem.flush()
+                assert (await mem.get_entry(key)).tier is Tier.SESSION  # type: ignore[union-attr]
+            results.append((await mem.add(key, 0), await mem.incr(key),
+                            await mem.ttl(key, tier=Tier.SESSION)))
+        assert results[0] == results[1] == (False, 11, math.inf)
+
+
+async def test_clear_of_a_bounded_tier_takes_what_it_spilled(tmp_path: Path,
+                                                            clock: ManualClock) -> None:
+    async with _open(tmp_path, clock, "clearspill", {Tier.SESSION: "memory://?max_items=2"}) as mem:
+        for i in range(6):
+            await mem.put(f"k{i}", i)  # SESSION's items; four go down (in transit or spilled)
+        await mem.put("p", "persistent's own", tier=Tier.PERSISTENT)
+        assert await mem.clear(tier=Tier.SESSION) == 6
+        await mem.flush()
+        assert await mem.get_many([f"k{i}" for i in range(6)]) == {}
+        assert await mem.get("p") == "persistent's own"  # another tier's own item stays
+        assert await mem.incr("k0") == 1  # nothing left to count on
+
+
+async def test_compare_and_set_matches_what_get_returned(tmp_path: Path,
+                                                         clock: ManualClock) -> None:
+    """The read-compute-compare-and-set loop must be able to succeed for every value that
+    can be stored: NaN, arrays inside lists and dicts, state_dicts."""
+    torch = pytest.importorskip("torch")
+    from collections import OrderedDict
+
+    async with Memory.open(path=str(tmp_path / "c.db"), clock=clock, gpu_reserve=0,
+                           host_pool_memory="1MiB") as mem:
+        cases: dict[str, tuple[Tier, Any]] = {
+            "nan": (Tier.CORTEX, float("nan")),
+            "list+array": (Tier.CORTEX, [np.arange(3), {"w": np.full(2, np.nan)}]),
+            "state_dict": (Tier.CORTEX, OrderedDict(w=np.ones(3), b=np.zeros(1))),
+            "tensor": (Tier.GPU, torch.ones(3)),
+        }
+        for key, (tier, value) in cases.items():
+            await mem.put(key, value, tier=tier)
+            assert await mem.compare_and_set(key, await mem.get(key), 1 if tier is not
+                                             Tier.GPU else torch.zeros(3), tier=tier), key
+        assert not await mem.compare_and_set("nan", 2, 3, tier=Tier.CORTEX)
+        await mem.put("arr", np.arange(3, dtype=np.int64), tier=Tier.CORTEX)
+        assert not await mem.compare_and_set("arr", np.arange(3, dtype=np.int32), 0,
+                                             tier=Tier.CORTEX)  # dtype differs
+        assert not await mem.compare_and_set("arr", np.arange(4), 0, tier=Tier.CORTEX)
+
+
+async def test_compare_and_set_keeps_the_gpu_pool(tmp_path: Path, clock: ManualClock) -> None:
+    async with Memory.open(path=str(tmp_path / "g.db"), clock=clock, gpu_reserve=0,
+                           host_pool_memory="1MiB") as mem:
+        a = np.arange(4, dtype=np.float32)
+        await mem.put("w", a, tier=Tier.GPU, pool="active_models")
+        assert await mem.compare_and_set("w", a, a * 2, tier=Tier.GPU)
+        entry = await mem.get_entry("w")
+        assert entry is not None and entry.meta.get("pool") == "active_models"
+
+
+async def test_clear_goes_on_past_a_failing_tier_then_says_so(tmp_path: Path,
+                                                              clock: ManualClock) -> None:
+    reset_gated()
+    tiers = {Tier.CORTEX: "gated://clearfail"}
+    async with _open(tmp_path, clock, "clearfail", tiers) as mem:
+        await mem.put("c", 1, tier=Tier.CORTEX)
+        await mem.put("p", 2, tier=Tier.PERSISTENT)
+        gate("clearfail").fail("keys")
+        with pytest.raises(Exception, match="CORTEX"):
+            await mem.clear()
+        assert await mem.get("p") is None  # the other tiers were cleared
+        assert await mem.clear() == 1  # and the failing one on the next try
+        assert await mem.get("c") is None
+    reset_gated()

@@ -32,8 +32,10 @@ async def test_expected_version(mem: Memory) -> None:
     assert err.value.current_version == 1 and err.value.expected_version == 0
     assert await mem.put("wf", "b", tier=Tier.WORKFLOW, expected_version=1) == 2
     assert await mem.get("wf") == "b"
-    with pytest.raises(InvalidArgumentError):
+    # a tier without versions compares its item's version the same way (none there: 0)
+    with pytest.raises(VersionConflictError) as err:
         await mem.put("k", 1, tier=Tier.PERSISTENT, expected_version=1)
+    assert err.value.current_version == 0 and await mem.get("k") is None
     with pytest.raises(InvalidArgumentError):
         await mem.put("wf", 1, tier=Tier.WORKFLOW, expected_version=-1)
 

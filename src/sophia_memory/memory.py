@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
@@ -20,13 +21,19 @@ from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
 
 import numpy as np
 
+from ._arrays import array_kind
 from ._support import canonical_hash, check_meta, check_search, ttl_seconds
 from .backends import Searchable, Versioned, check_pool_value, is_pool_value
 from .clock import Clock, SystemClock
 from .config import MemoryConfig, tier_of
 from .engine import Engine, InProcessTier, RemoteTier, TierHandle
-from .errors import InvalidArgumentError, InvalidKeyError, ValueTooLargeError
-from .tiers import Entry, Hit, Record, Tier
+from .errors import (
+    InvalidArgumentError,
+    InvalidKeyError,
+    ValueTooLargeError,
+    VersionConflictError,
+)
+from .tiers import Entry, Hit, Record, Tier, next_version
 
 __all__ = ["Cached", "Memory"]
 
@@ -164,7 +171,7 @@ class Memory:
         extra = dict(meta) if meta else {}
         if pool:
             extra["pool"] = pool
-        return Record(payload, expires_at, True, size, 0, now, extra)
+        return Record(payload, expires_at, True, size, next_version(), now, extra)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -297,8 +304,11 @@ class Memory:
 
         ``Tier.WORKFLOW`` keeps versions: the put appends one and returns its number;
         ``expected_version=n`` appends only if the newest version is n (0: the key must not
-        exist), else raises :class:`VersionConflictError` with ``current_version``. Other tiers
-        return None.
+        exist), else raises :class:`VersionConflictError` with ``current_version``. The other
+        tiers keep one item per key whose version (``Entry.version``) is a number each write
+        changes (unique, not consecutive): there ``expected_version=n`` writes only if the
+        item's version is still n (0: no live item), atomically as :meth:`compare_and_set`,
+        and returns the new version; without it they return None.
 
         Raises :class:`InvalidKeyError`, :class:`InvalidArgumentError` (bad ttl or tier),
         :class:`UnsupportedValueError`, :class:`ValueTooLargeError` (nothing is stored), or
@@ -324,8 +334,8 @@ class Memory:
                 raise ValueTooLargeError(size, core.config.max_value_bytes)
             if not slot.fits(size):
                 raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
-            rec = Record(value, None if ttl is None else self._expiry(ttl, now), True, size, 0,
-                         now, {})
+            rec = Record(value, None if ttl is None else self._expiry(ttl, now), True, size,
+                         next_version(), now, {})
             if core.put_nowait(full, rec, slot):
                 if core.spiller.over():
                     await core.spiller.wait_for_room()  # backpressure, holding no key
@@ -335,17 +345,19 @@ class Memory:
         if meta is not None:
             meta = check_meta(meta)  # every tier can keep it; columns get their types
         if expected_version is not None:
-            if not isinstance(slot, RemoteTier) or slot.versioned is None:
-                raise InvalidArgumentError(f"expected_version applies to a versioned tier "
-                                           f"(Tier.WORKFLOW), not {slot.tier}")
             if (isinstance(expected_version, bool) or not isinstance(expected_version, int)
                     or expected_version < 0):
                 raise InvalidArgumentError(f"expected_version must be an int >= 0, got "
                                            f"{expected_version!r}")
+            if not isinstance(slot, RemoteTier) or slot.versioned is None:
+                self._conditional(key, slot.tier)  # refuses a tier that cannot compare
         if vector is not None or _searchable(slot) is not None:
             meta = self._with_vector(slot, vector, meta)
         now = core.now()
         rec = self._record(slot, value, self._expiry(ttl, now), now, pool=pool, meta=meta)
+        if expected_version is not None and (not isinstance(slot, RemoteTier)
+                                             or slot.versioned is None):
+            return await core.update(full, slot, _expecting(key, expected_version, rec))
         return await core.write({full: rec}, slot, expected_version)
 
     @staticmethod
@@ -403,8 +415,8 @@ class Memory:
         slot = self._core.slot(self._tier(tier))
         if isinstance(slot, RemoteTier):
             if slot.searchable is not None:
-                raise InvalidArgumentError(f"{slot.tier} items carry a vector: write them with "
-                                           "put(..., vector=)")
+                raise InvalidArgumentError(f"{slot.tier} items carry a vector: they are written "
+                                           "by put(..., vector=) alone, not conditionally")
             if slot.versioned is None and slot.conditional is None:
                 raise InvalidArgumentError(
                     f"{slot.tier} ({slot.backend.describe()}) cannot write conditionally "
@@ -413,10 +425,13 @@ class Memory:
 
     async def add(self, key: str, value: Any, *, tier: Tier | str | int | None = None,
                   ttl: float | timedelta | None = None) -> bool:
-        """Store ``value`` only if ``key`` holds no live item in ``tier``; whether it did.
+        """Store ``value`` in ``tier`` only if a read from ``tier`` down finds no live item
+        under ``key``; whether it did.
 
         Atomic (set-if-absent), also against other processes sharing the tier. ``tier`` and
-        ``ttl`` as for :meth:`put`; an expired item counts as absent."""
+        ``ttl`` as for :meth:`put`; an expired item counts as absent. Like every staple, it
+        works on the item a :meth:`get` finds from ``tier`` down: the tier's own, else one in
+        transit or spilled below it, else a slower tier's."""
         full, slot = self._conditional(key, tier)
         seconds = ttl_seconds(ttl)
 
@@ -432,10 +447,10 @@ class Memory:
         """Add ``delta`` to the int under ``key`` in ``tier`` atomically; the new value.
 
         A missing (or expired) item counts as 0 and is created with ``ttl``; an existing one
-        keeps its expiry and metadata. Concurrent increments, from this process or others
-        sharing the tier, are never lost (Redis and SQLite check-and-write in one atomic
-        step). Raises :class:`InvalidArgumentError` when ``delta`` or the stored value is not
-        an int."""
+        (as :meth:`add` finds it) keeps its expiry and metadata. Concurrent increments, from
+        this process or others sharing the tier, are never lost (Redis, SQLite and Snowflake
+        check and write in one atomic step). Raises :class:`InvalidArgumentError` when
+        ``delta`` or the stored value is not an int."""
         if type(delta) is not int:
             raise InvalidArgumentError(f"delta must be an int, got {type(delta).__name__}")
         full, slot = self._conditional(key, tier)
@@ -471,16 +486,18 @@ class Memory:
         compare-and-set, and read again on False).
 
         Atomic, also against other processes sharing the tier: the store writes only over
-        exactly the item compared. Equal means the same type and ``==`` (arrays: same dtype,
-        shape and elements). A missing item never matches (use :meth:`add`). ``ttl`` is the
-        new item's, as for :meth:`put`."""
+        exactly the item compared. Equal means structurally equal: the same type (any dict
+        for a dict), lists, tuples and dicts element by element, arrays by dtype, shape and
+        elements, NaN equal to NaN. A missing item never matches (use :meth:`add`). ``ttl``
+        is the new item's, as for :meth:`put`; on ``Tier.GPU`` the item keeps its pool."""
         full, slot = self._conditional(key, tier)
         seconds = ttl_seconds(ttl)
 
         def change(rec: Record | None, current: Any, now: float) -> tuple[Record | None, bool]:
             if rec is None or not _same(current, expected):
                 return None, False
-            return self._record(slot, value, _after(now, seconds), now), True
+            pool = rec.extra.get("pool") if slot.tier is Tier.GPU else None
+            return self._record(slot, value, _after(now, seconds), now, pool=pool), True
 
         return await self._core.update(full, slot, change)
 
@@ -499,7 +516,8 @@ class Memory:
             if local:
                 new = self._record(slot, current, _after(now, seconds), now)
             else:  # the stored payload as it is: nothing to encode again
-                new = Record(rec.payload, _after(now, seconds), True, rec.size, 0, now, {})
+                new = Record(rec.payload, _after(now, seconds), True, rec.size,
+                             next_version(), now, {})
             new.extra = dict(rec.extra)
             return new, True
 
@@ -508,7 +526,7 @@ class Memory:
     async def ttl(self, key: str, *, tier: Tier | str | int | None = None) -> float | None:
         """Seconds until the item under ``key`` expires: ``math.inf`` when it never does,
         None when there is no live item. Without ``tier``, the item a :meth:`get` finds
-        (not promoted); with it, the item in that tier."""
+        (not promoted); with it, the item that tier's staples work on (see :meth:`add`)."""
         full = self._key(key)
         core = self._core
         if tier is None:
@@ -528,8 +546,10 @@ class Memory:
         namespaces included), or of its namespace ``namespace``; how many keys held one.
 
         Without ``tier``, from every tier, as :meth:`delete` does. With ``tier``, from that
-        tier only, with the copies promotion made of its items in faster tiers; what other
-        tiers hold as their own stays (a slower tier's item of the same key reads again)."""
+        tier only (a bounded in-process tier: with its items in transit or spilled below),
+        with the copies promotion made of them in faster tiers; what other tiers hold as
+        their own stays (a slower tier's item of the same key reads again). A tier that fails
+        is marked stale, the rest is cleared, then its error is raised."""
         view = self if namespace is None else self.namespace(namespace)
         core = self._core
         slot = None if tier is None else core.slot(self._tier(tier))
@@ -681,20 +701,54 @@ class Memory:
                 "spilling": engine["spill"]["items"], "taken_at": time.time()}
 
 
+def _expecting(key: str, expected: int, rec: Record,
+               ) -> Callable[[Record | None, Any, float], tuple[Record | None, int]]:
+    """The change of a put with ``expected_version`` to a tier that keeps no versions:
+    ``rec`` replaces the item only if the item's version is ``expected`` (0: no item)."""
+    def change(current: Record | None, value: Any, now: float) -> tuple[Record | None, int]:
+        found = 0 if current is None else current.version
+        if found != expected:
+            raise VersionConflictError(key, expected, found)
+        return rec, rec.version
+    return change
+
+
 def _after(now: float, seconds: float | None) -> float | None:
     return None if seconds is None else now + seconds
 
 
-def _same(current: Any, expected: Any) -> bool:
+def _same(current: Any, expected: Any, depth: int = 0) -> bool:
     """Whether a stored value equals ``expected`` for :meth:`Memory.compare_and_set`: the same
-    type and ``==``; arrays by dtype, shape and elements."""
+    type (any dict for a dict) and equal, compared structurally through dicts, lists and
+    tuples; arrays (NumPy,
+    torch, CuPy) by dtype, shape and elements; NaN equals NaN (a value read back must match
+    itself)."""
     if current is expected:
         return True
-    if type(current) is not type(expected):
+    if depth > 64:
         return False
-    if isinstance(current, np.ndarray):
-        return (current.dtype == expected.dtype and current.shape == expected.shape
-                and bool(np.array_equal(current, expected)))
+    if isinstance(current, dict) and isinstance(expected, dict):  # OrderedDict state_dicts
+        return current.keys() == expected.keys() and all(
+            _same(v, expected[k], depth + 1) for k, v in current.items())
+    cls = type(current)
+    if cls is not type(expected):
+        return False
+    if cls is float:
+        return current == expected or (math.isnan(current) and math.isnan(expected))
+    if cls is list or cls is tuple:
+        return len(current) == len(expected) and all(
+            _same(a, b, depth + 1) for a, b in zip(current, expected, strict=True))
+    kind = array_kind(current)
+    if kind is not None and kind != "npscalar":
+        if current.dtype != expected.dtype or tuple(current.shape) != tuple(expected.shape):
+            return False
+        if kind == "torch":
+            return bool(current.to("cpu").equal(expected.to("cpu")))
+        xp = np if kind == "numpy" else sys.modules["cupy"]
+        try:
+            return bool(xp.array_equal(current, expected, equal_nan=True))
+        except TypeError:  # a dtype without NaN (ints, bools, strings)
+            return bool(xp.array_equal(current, expected))
     try:
         return bool(current == expected)
     except Exception:  # an == that does not give one truth value

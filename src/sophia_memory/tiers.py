@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
+import itertools
+import os
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Entry", "Hit", "Record", "Tier"]
+__all__ = ["Entry", "Hit", "Record", "Tier", "next_version"]
 
 
 class Tier(enum.IntEnum):
@@ -47,7 +51,9 @@ class Record:
     ``expires_at`` is an absolute time on the memory's clock (seconds), ``None`` for no expiry.
     ``home`` is True when this tier is where the item was put (it spills on eviction) and False
     for a promoted copy (dropped on eviction). ``size`` is the payload's size in bytes, used by
-    byte-bounded eviction. ``version`` is the workflow version (L5) or 0.
+    byte-bounded eviction. ``version`` is the workflow version (L5: 1, 2, ...); in the other
+    tiers a number that every write changes (:func:`next_version`), which conditional writes
+    compare (``put(expected_version=)``); 0 for a record written without one.
     """
 
     payload: Any
@@ -85,3 +91,28 @@ class Hit:
     key: str
     score: float
     value: Any
+
+
+class _Versions:
+    """The counter behind :func:`next_version`: a random start per process, and a new one in
+    a forked child, so two processes writing the same key never hand out the same number
+    (short of a 2**-30 chance over 2**30 writes)."""
+
+    __slots__ = ("next",)
+
+    def __init__(self) -> None:
+        self.next: Callable[[], int] = int
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.next = itertools.count(secrets.randbits(61) + (1 << 32)).__next__
+
+
+_versions = _Versions()
+os.register_at_fork(after_in_child=_versions.reseed)
+
+
+def next_version() -> int:
+    """The version a write to a tier that keeps no versions gives its item: unique to the
+    write, never 0, below 2**63."""
+    return _versions.next()

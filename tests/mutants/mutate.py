@@ -10,6 +10,8 @@ as Markdown).
     .venv/bin/python tests/mutants/mutate.py                      # the default scope
     .venv/bin/python tests/mutants/mutate.py --only 'src/sophia_memory/engine/ordering.py' \\
         --tests tests/test_planted_behaviours.py tests/test_engine_anomalies.py
+    .venv/bin/python tests/mutants/mutate.py --workers 1 --only src/sophia_memory/codecs.py \\
+        --tests tests/test_codecs.py tests/test_codecs_mutants.py tests/test_planted_behaviours.py
 
 The default scope is issue 16's: the engine, the codecs, the eviction policies and the SQL
 identifier checks, judged by the tests that exercise them. A full run takes hours on two
@@ -48,6 +50,8 @@ def setup_cfg(only: list[str], tests: list[str]) -> str:
             f"only_mutate ={lines(only)}\n"
             f"pytest_add_cli_args_test_selection ={lines(tests)}\n"
             "pytest_add_cli_args =\n    -p\n    no:randomly\n    -p\n    no:cacheprovider\n"
+            # mutmut 3.8 reads item._nodeid, gone in pytest 9: this plugin restores it
+            "    -p\n    tests.mutmut_pytest_compat\n"
             "use_git_change_detection = false\n")
 
 
@@ -57,6 +61,8 @@ def main() -> int:
     parser.add_argument("--tests", nargs="+", default=TESTS, help="the tests that judge")
     parser.add_argument("--report", type=Path, help="write the score and survivors here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--workers", type=int,
+                        help="mutants tested at once (mutmut's default: one per core)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sophia-mutate-"))
     try:
@@ -64,10 +70,14 @@ def main() -> int:
             shutil.copytree(ROOT / name, work / name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "mutants"))
         shutil.copy2(ROOT / "pyproject.toml", work)
+        # tests/mutants/ is not copied (no stray mutants/ tree): the plugin goes by itself
+        shutil.copy2(ROOT / "tests/mutants/pytest_compat.py",
+                     work / "tests/mutmut_pytest_compat.py")
         (work / "setup.cfg").write_text(setup_cfg(args.only, args.tests))
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         mutmut = [sys.executable, "-m", "mutmut"]
-        run = subprocess.run([*mutmut, "run"], cwd=work, env=env, check=False)
+        workers = ["--max-children", str(args.workers)] if args.workers else []
+        run = subprocess.run([*mutmut, "run", *workers], cwd=work, env=env, check=False)
         results = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env,
                                  capture_output=True, text=True, check=False)
         counts: dict[str, int] = {}

@@ -271,35 +271,49 @@ class Engine:
         return result
 
     async def read_in(self, key: str, tier: TierHandle) -> tuple[Record | None, Any]:
-        """The live item of ``key`` in ``tier`` (for an in-process tier: where its own items
-        went, see :meth:`.Writer.update`), as ``(record, value)``; ``(None, None)``."""
+        """The live item of ``key`` as a read from ``tier`` down finds it (the item
+        :meth:`.Writer.update` works on), as ``(record, value)``; ``(None, None)``."""
         self.check_open()
-        now = self.now()
-        if isinstance(tier, InProcessTier):
-            return await self.writer.current_in(key, tier, now)
-        return self.writer.live(tier, await tier.get(key, now), now)
+        return await self.writer.visible(key, tier)
 
     async def clear(self, prefix: str, tier: TierHandle | None) -> int:
         """Remove every key under ``prefix`` from ``tier`` (None: from every tier, as a
-        delete does); how many keys held a live item."""
+        delete does); how many keys held an item. For an in-process tier, its items in
+        transit and the copies its spills made below go too (they are its items). A tier that
+        cannot list its keys is left as it is and its error raised once the rest is done."""
         self.check_open()
         now = self.now()
         found: set[str] = set()
+        failure: TierUnavailableError | None = None
         for t in self.slots if tier is None else (tier,):
-            if isinstance(t, RemoteTier):
-                found.update(await t.call(t.backend.keys, prefix, now))
-            else:
-                found.update(await t.keys(prefix, now))
-        if tier is None:
-            found.update(k for k in self.spiller.buffer if k.startswith(prefix))
+            try:
+                if isinstance(t, RemoteTier):
+                    found.update(await t.call(t.backend.keys, prefix, now))
+                else:
+                    found.update(await t.keys(prefix, now))
+            except TierUnavailableError as exc:
+                failure = failure or exc
+        spiller = self.spiller
+        if tier is None or isinstance(tier, InProcessTier):
+            found.update(k for k, entry in spiller.buffer.items() if k.startswith(prefix)
+                         and (tier is None or entry.source is tier))
+        if isinstance(tier, InProcessTier) and spiller.copies:
+            lower = self.writer.spilled_into[tier.index]
+            found.update(k for k, mask in spiller.copies.items()
+                         if mask & lower and k.startswith(prefix))
         keys = sorted(found)
         removed = 0
         for i in range(0, len(keys), _CLEAR_BATCH):
             chunk = keys[i : i + _CLEAR_BATCH]
-            if tier is None:
-                removed += await self.writer.delete(chunk)
-            else:
-                removed += await self.writer.clear_tier(chunk, tier)
+            try:
+                if tier is None:
+                    removed += await self.writer.delete(chunk)
+                else:
+                    removed += await self.writer.clear_tier(chunk, tier)
+            except TierUnavailableError as exc:  # the rest was done; the tier is stale
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return removed
 
     # -- background work -------------------------------------------------------------------------

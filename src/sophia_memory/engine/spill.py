@@ -42,14 +42,17 @@ _BATCH = 256
 class Pending:
     """An evicted item on its way from ``source`` to the slower tier ``target``."""
 
-    __slots__ = ("record", "source", "target", "value")
+    __slots__ = ("origin", "record", "source", "target", "value")
 
     def __init__(self, value: Any, record: Record, source: InProcessTier,
-                 target: RemoteTier) -> None:
+                 target: RemoteTier, origin: int | None = None) -> None:
         self.value = value
         self.record = record
         self.source = source
         self.target = target
+        #: The chain position of the tier the item was put to (``source``, unless it came
+        #: there by a spill itself).
+        self.origin = source.index if origin is None else origin
 
 
 class Spiller:
@@ -69,6 +72,9 @@ class Spiller:
         self.bytes = 0
         #: key -> bitmask of the chain positions holding a copy a spill made.
         self.copies: dict[str, int] = {}
+        #: key -> the chain position of the tier those copies' item was put to (a GPU item
+        #: may spill to SESSION and on to a slower tier), while it has copies.
+        self.origins: dict[str, int] = {}
         self.dropped: Counter[str] = Counter()
         self.moved = 0
         self.waits = 0
@@ -88,7 +94,9 @@ class Spiller:
         """``source`` evicted ``rec``: a copy is dropped, an item whose home it was moves
         down."""
         mask = self.copies.get(key)
+        origin = source.index
         if mask is not None and mask >> source.index & 1:
+            origin = self.origins.get(key, origin)
             self._forget(key, 1 << source.index)
         if not rec.home or rec.expired(self.now()):
             return
@@ -105,11 +113,12 @@ class Spiller:
                 except ValueTooLargeError:
                     continue
                 self.copies[key] = self.copies.get(key, 0) | 1 << target.index
+                self.origins[key] = origin
                 return
             old = self.buffer.pop(key, None)
             if old is not None:
                 self.bytes -= old.record.size
-            self.buffer[key] = Pending(rec.payload, rec, source, target)
+            self.buffer[key] = Pending(rec.payload, rec, source, target, origin)
             self.bytes += rec.size
             self.peak_items = max(self.peak_items, len(self.buffer))
             self._start()
@@ -188,6 +197,7 @@ class Spiller:
     def forget_all(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.copies.pop(key, None)
+            self.origins.pop(key, None)
 
     def _forget(self, key: str, bits: int) -> None:
         mask = self.copies.get(key, 0) & ~bits
@@ -195,6 +205,7 @@ class Spiller:
             self.copies[key] = mask
         else:
             self.copies.pop(key, None)
+            self.origins.pop(key, None)
 
     def _drop(self, source: TierHandle, reason: str) -> None:
         source.stats.spills_dropped += 1
@@ -283,6 +294,7 @@ class Spiller:
             copies = self.copies
             for key in records:
                 copies[key] = copies.get(key, 0) | bit
+                self.origins[key] = group[key].origin
                 target.stale.discard(key)
                 self.take(key)
                 self.moved += 1

@@ -69,6 +69,17 @@ class Writer:
         self.local_promoted_below = [
             [t for t in self.local if t.index > h.index and t.tier in _PROMOTED_INTO]
             for h in chain]
+        # Per in-process position: the chain positions its spills put copies in (the next
+        # in-process tier takes them at once; the last one's go to the slower tiers). And per
+        # position, the one whose spills put copies there (-1: none).
+        self.spilled_into = [0] * len(chain)
+        self.spilled_from = [-1] * len(chain)
+        for h in self.local:
+            nearer = [t for t in self.local if t.index > h.index]
+            targets = nearer[:1] if nearer else [t for t in chain if t.index > h.index]
+            self.spilled_into[h.index] = sum(1 << t.index for t in targets)
+            for t in targets:
+                self.spilled_from[t.index] = h.index
         self.nowait = [isinstance(h, InProcessTier) and not any(
             isinstance(t, RemoteTier) and t.tier in _PROMOTED_INTO for t in chain[h.index + 1:])
             for h in chain]
@@ -90,7 +101,7 @@ class Writer:
         home.stats.puts += 1
         if spiller.buffer:
             entry = spiller.buffer.get(key)
-            if entry is not None and entry.value is not rec.payload:
+            if entry is not None and entry.record is not rec:
                 spiller.take(key)
         for tier in self.local_promoted_below[home.index]:
             if key in tier.resident:
@@ -153,20 +164,25 @@ class Writer:
 
     async def update(self, key: str, home: TierHandle, change: Change[T]) -> T:
         """A read-modify-write of ``key`` in ``home``, atomic: ``change(record, value, now)``
-        sees the live item (``(None, None, now)`` when there is none) and returns the record
-        to write instead (None: write nothing) and the call's result.
+        sees the live item a read from ``home`` down finds (``(None, None, now)`` when there
+        is none) and returns the record to write to ``home`` instead (None: write nothing)
+        and the call's result.
 
         The key is held throughout, so nothing in this process interleaves. Against other
         processes the store decides: a versioned tier appends only on top of the version
         read, a :class:`~sophia_memory.backends.Conditional` one writes only over exactly
-        what was read; when another writer came first, the item is read again and ``change``
-        asked again. An in-process home reads the item where the user would find it: there,
-        in transit below, or where a spill put it."""
+        what it held when read; when another writer came first, the item is read again and
+        ``change`` asked again. Where ``home`` holds no live item of its own, the item is the
+        one a read finds below it (in transit, spilled, or a slower tier's), so the result
+        does not depend on whether a promotion copied it into ``home`` first."""
         async with self.order.writing([key]):
             for _ in range(_RETRIES):
                 now = self.now()
                 if isinstance(home, InProcessTier):
-                    rec, value = await self.current_in(key, home, now)
+                    rec, value = (None, None) if self._spilled_above(key, home, home) else \
+                        self.live(home, home.peek(key), now)
+                    if rec is None:
+                        rec, value = await self.below(key, home, now)
                     new, result = change(rec, value, now)
                     if new is None:
                         return result
@@ -174,13 +190,14 @@ class Writer:
                     break
                 versioned = home.versioned
                 if versioned is not None:
-                    rec = await home.get(key, now)
-                    new, result = change(*self.live(home, rec, now), now)
+                    stored = await home.get(key, now)
+                    rec, value = await self._seen(key, home, stored, now)
+                    new, result = change(rec, value, now)
                     if new is None:
                         return result
                     try:
                         new.version = await home.call(versioned.append, key, new,
-                                                      0 if rec is None else rec.version)
+                                                      0 if stored is None else stored.version)
                     except VersionConflictError:
                         continue  # another process appended first: read again
                     except TierUnavailableError:
@@ -191,14 +208,15 @@ class Writer:
                 if conditional is None:
                     raise InvalidArgumentError(f"{home.tier} ({home.backend.describe()}) "
                                                "cannot write conditionally")
-                rec, token = await home.call(conditional.read_for_update, key, now)
-                new, result = change(*self.live(home, rec, now), now)
+                stored, token = await home.call(conditional.read_for_update, key, now)
+                rec, value = await self._seen(key, home, stored, now)
+                new, result = change(rec, value, now)
                 if new is None:
                     return result
                 try:
                     if await home.call(conditional.put_if, key, new, token):
                         break
-                except TierUnavailableError:
+                except TierUnavailableError:  # it may have landed: no copy above may stay
                     self._distrust_above([key], home)
                     raise
             else:
@@ -207,41 +225,79 @@ class Writer:
             await self._supersede({key: new}, home, now)
         return result
 
+    async def _seen(self, key: str, home: RemoteTier, stored: Record | None,
+                    now: float) -> tuple[Record | None, Any]:
+        """What a read-modify-write in remote ``home`` works on: the item ``home`` holds,
+        unless it is expired or may be a copy older than a write it missed (``stale``);
+        then the item a read finds below."""
+        if key not in home.stale and not self._spilled_above(key, home, home):
+            rec, value = self.live(home, stored, now)
+            if rec is not None:
+                return rec, value
+        return await self.below(key, home, now)
+
+    def _spilled_above(self, key: str, there: TierHandle, tier: TierHandle) -> bool:
+        """Whether what ``there`` holds under ``key`` is a copy a spill made of an item of a
+        tier faster than ``tier`` (so not an item a staple on ``tier`` works on)."""
+        spiller = self.spiller
+        mask = spiller.copies.get(key)
+        return (mask is not None and bool(mask >> there.index & 1)
+                and spiller.origins.get(key, self.spilled_from[there.index]) < tier.index)
+
     def live(self, tier: TierHandle, rec: Record | None,
-              now: float) -> tuple[Record | None, Any]:
+             now: float) -> tuple[Record | None, Any]:
+        """``(rec, its value)`` if ``rec`` is live, else ``(None, None)``."""
         if rec is None or rec.expired(now):
             return None, None
         if isinstance(tier, InProcessTier):
             return rec, rec.payload
         return rec, self.decode(rec.payload)
 
-    async def current_in(self, key: str, home: InProcessTier,
-                             now: float) -> tuple[Record | None, Any]:
-        """The live item of ``key`` as a read finds it from ``home`` down its own lineage:
-        in ``home``, in transit from it, or in a tier a spill moved it to."""
-        rec = home.peek(key)
-        if rec is not None:
-            return self.live(home, rec, now)
+    async def below(self, key: str, tier: TierHandle, now: float) -> tuple[Record | None, Any]:
+        """The live item of ``key`` a read finds below ``tier``: in transit (when ``tier`` is
+        in-process), then in each slower tier (where the key is not stale; below a remote
+        ``tier``, a copy a spill made is a faster tier's item and is passed over). A failing
+        tier raises :class:`TierUnavailableError`: a write must not be decided on a guess."""
         spiller = self.spiller
-        entry = spiller.pending(key, now) if spiller.buffer else None
-        if entry is not None and entry.source is home:
-            return entry.record, entry.value
-        mask = spiller.copies.get(key, 0)
-        for tier in self.chain[home.index + 1:]:
-            if not mask >> tier.index & 1:
+        local = isinstance(tier, InProcessTier)
+        if local and spiller.buffer:
+            entry = spiller.pending(key, now)
+            if entry is not None and entry.origin >= tier.index:
+                return entry.record, entry.value
+        for lower in self.chain[tier.index + 1:]:
+            if self._spilled_above(key, lower, tier):
+                continue  # an item of a tier faster than ``tier``, spilled down to ``lower``
+            if isinstance(lower, InProcessTier):
+                rec, value = self.live(lower, lower.peek(key), now)
+            elif lower.stale and key in lower.stale:
                 continue
-            found = tier.peek(key) if isinstance(tier, InProcessTier) else \
-                await tier.get(key, now)
-            if found is not None:
-                return self.live(tier, found, now)
+            else:
+                rec, value = self.live(lower, await lower.get(key, now), now)
+            if rec is not None:
+                return rec, value
         return None, None
+
+    async def visible(self, key: str, tier: TierHandle) -> tuple[Record | None, Any]:
+        """The live item of ``key`` as a read from ``tier`` down finds it (``ttl(tier=)``)."""
+        now = self.now()
+        if self._spilled_above(key, tier, tier):
+            rec, value = None, None
+        elif isinstance(tier, InProcessTier):
+            rec, value = self.live(tier, tier.peek(key), now)
+        elif key in tier.stale:
+            rec, value = None, None
+        else:
+            rec, value = self.live(tier, await tier.get(key, now), now)
+        if rec is None:
+            return await self.below(key, tier, now)
+        return rec, value
 
     def _take_older(self, records: dict[str, Record]) -> None:
         """Remove items in transit that hold an older value of ``records``' keys."""
         buffer = self.spiller.buffer
         for k, rec in records.items():
             entry = buffer.get(k)
-            if entry is not None and entry.value is not rec.payload:
+            if entry is not None and entry.record is not rec:
                 self.spiller.take(k)
 
     async def _drop_spilled(self, masks: dict[str, int], home: TierHandle,
@@ -258,9 +314,10 @@ class Writer:
                     spiller.forget(k, tier.index)  # replaced here, or cleared by step 3
                     continue
                 if isinstance(tier, InProcessTier):
-                    rec = tier.peek(k)
-                    if rec is not None and rec.payload is records[k].payload:
-                        continue  # this write's own value, spilled by its own batch
+                    rec, mine = tier.peek(k), records[k]
+                    if rec is not None and rec.payload is mine.payload \
+                            and rec.version == mine.version:
+                        continue  # this write's own item, spilled by its own batch
                     tier.pop_nowait(k)
                     spiller.forget(k, tier.index)
                 else:
@@ -313,20 +370,33 @@ class Writer:
                 spiller.forget_bits(k, above)
 
     async def clear_tier(self, keys: list[str], tier: TierHandle) -> int:
-        """Remove ``keys`` from ``tier`` alone, and the copies promotion made of them above
-        it (so no cleared item stays readable); items other tiers hold as their own stay.
-        How many held a live item there."""
+        """Remove ``keys`` from ``tier`` alone (for an in-process tier, with its items in
+        transit and the copies its spills made below), and the copies promotion made of them
+        above it, so no cleared item stays readable; items other tiers hold as their own
+        stay. How many keys held an item there."""
         removed = 0
         async with self.order.writing(keys):
             now = self.now()
+            spiller = self.spiller
             if isinstance(tier, InProcessTier):
+                # its own items below go first (slowest first): in transit, and spilled
+                lower = self.spilled_into[tier.index]
+                spilled = {k for k in keys if spiller.copies.get(k, 0) & lower}
+                await spiller.remove_copies(spilled, tier.index, now)
+                gone = set(spilled)
                 for k in keys:
+                    entry = spiller.buffer.get(k)
+                    if entry is not None and entry.source is tier:
+                        spiller.take(k)
+                        if not entry.record.expired(now):
+                            gone.add(k)
                     rec = tier.pop_nowait(k)
-                    removed += rec is not None and not rec.expired(now)
+                    if rec is not None and not rec.expired(now):
+                        gone.add(k)
+                removed = len(gone)
             else:
                 removed = len(await tier.drop(keys, now))
             tier.stats.deletes += len(keys)
-            spiller = self.spiller
             if spiller.copies:
                 for k in keys:
                     spiller.forget_bits(k, 1 << tier.index)

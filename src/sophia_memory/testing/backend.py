@@ -353,14 +353,30 @@ class BackendTests:
     async def test_invalidation_listener_is_accepted(self, backend: Backend) -> None:
         if not isinstance(backend, Invalidating):
             pytest.skip("backend reports no invalidations")
+        replaced: list[list[str] | None] = []
         reports: list[list[str] | None] = []
+        # Setting a listener takes a plain callable; a second call replaces the first one
+        # (the engine sets one per open memory).
+        backend.set_invalidation_listener(replaced.append)
         backend.set_invalidation_listener(reports.append)
+        before = len(replaced)
         await backend.put("k", self.record(1))
         got = await backend.get("k", NOW)
         assert got is not None and self.same_payload(got.payload, self.payload(1))
+        await backend.put_many({"a": self.record(2), "b": self.record(3)})
+        assert sorted(await backend.keys("", NOW)) == ["a", "b", "k"]
         assert await backend.delete("k", NOW) is True
-        for keys in reports:  # whatever it reported so far is well formed
-            assert keys is None or all(isinstance(k, str) for k in keys)
+        assert await backend.get("k", NOW) is None
+        write_elsewhere = getattr(backend, "write_elsewhere", None)
+        if callable(write_elsewhere):  # a test double that can play another process
+            write_elsewhere("a", self.record(4))
+            assert ["a"] in reports, "a write by another process was not reported"
+            got = await backend.get("a", NOW)
+            assert got is not None and self.same_payload(got.payload, self.payload(4))
+        assert len(replaced) == before, "the replaced listener was still called"
+        for keys in reports:  # a list of keys (never a bare str, which iterates by char)
+            assert keys is None or (type(keys) is list and all(type(k) is str for k in keys)), \
+                f"malformed invalidation report {keys!r}"
 
     #: How many records overflow the backend ``make_backend`` returns (for evicting ones).
     eviction_items = 1000

@@ -14,8 +14,9 @@ its ``TestCase``::
     TestMyMemory = MyMemoryMachine.TestCase
 
 The rules put (to every key-value tier the memory has enabled, with and without TTLs), put
-arrays to GPU, put_many, get, get_many, delete, exists, move the clock, flush and purge,
-one at a time; :mod:`~sophia_memory.testing.linearizability` checks concurrent runs.
+arrays to GPU, put_many, get, get_many, delete, exists, ``incr``, ``add`` and
+``compare_and_set`` (on every key-value tier), move the clock, flush and purge, one at a
+time; :mod:`~sophia_memory.testing.linearizability` checks concurrent runs.
 
 The model keeps, per key, the value each tier holds as a *home* (where it was put) with its
 expiry. ``get`` must return the live home value of the fastest tier. A ``put`` to tier T
@@ -40,6 +41,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ..clock import ManualClock
+from ..errors import InvalidArgumentError
 from ..memory import Memory
 from ..tiers import Tier
 
@@ -237,6 +239,69 @@ class MemoryStateMachine(RuleBasedStateMachine):
             assert not present
         elif not _may_miss(ok):
             assert present
+
+    # -- the staples: the item they work on is the fastest live home at or below the tier ----
+
+    def _known(self, key: str, tier: Tier) -> bool:
+        """Whether the model can tell what a staple on ``tier`` finds. Not when a home of
+        the key has expired, nor when a faster tier holds it too: a spill of that faster
+        home writes over the slower one, and the model does not follow spills (see the
+        module's docstring)."""
+        homes = self.model.get(key, {})
+        return all(self._live(e) and t >= tier for t, e in homes.items())
+
+    def _current(self, key: str, tier: Tier) -> tuple[Any, float | None] | None:
+        """The model's item a staple on ``tier`` works on (None: there is none)."""
+        homes = self.model.get(key, {})
+        below = [homes[t] for t in sorted(homes) if t >= tier]
+        return below[0] if below else None
+
+    def _write_model(self, key: str, value: Any, tier: Tier, expires_at: float | None) -> None:
+        homes = self.model.setdefault(key, {})
+        for t in [t for t in homes if t <= tier]:
+            del homes[t]
+        homes[tier] = (value, expires_at)
+
+    @rule(key=KEYS, tier=KV_TIERS, delta=st.integers(-3, 3), ttl=TTLS)
+    def incr(self, key: str, tier: Tier, delta: int, ttl: float | None) -> None:
+        if tier not in self.enabled or not self._known(key, tier):
+            return
+        current = self._current(key, tier)
+        if current is not None and type(current[0]) is not int:
+            try:
+                self.run(self.mem.incr(key, delta, tier=tier))
+            except InvalidArgumentError:
+                return  # nothing written
+            raise AssertionError(f"incr of {current[0]!r} was not refused")
+        got = self.run(self.mem.incr(key, delta, tier=tier, ttl=ttl))
+        if current is None:
+            assert got == delta, (key, got)
+            self._write_model(key, got, tier,
+                              None if ttl is None else self.clock.time() + ttl)
+        else:
+            assert got == current[0] + delta, (key, got, current)
+            self._write_model(key, got, tier, current[1])  # keeps the item's expiry
+
+    @rule(key=KEYS, value=SCALARS, tier=KV_TIERS, ttl=TTLS)
+    def add(self, key: str, value: Any, tier: Tier, ttl: float | None) -> None:
+        if tier not in self.enabled or not self._known(key, tier):
+            return
+        current = self._current(key, tier)
+        added = self.run(self.mem.add(key, value, tier=tier, ttl=ttl))
+        assert added is (current is None), (key, added, current)
+        if added:
+            self._put_model(key, value, tier, ttl)
+
+    @rule(key=KEYS, value=SCALARS, tier=KV_TIERS, matching=st.booleans())
+    def compare_and_set(self, key: str, value: Any, tier: Tier, matching: bool) -> None:
+        if tier not in self.enabled or not self._known(key, tier):
+            return
+        current = self._current(key, tier)
+        expected = current[0] if matching and current is not None else ("no such", value)
+        done = self.run(self.mem.compare_and_set(key, expected, value, tier=tier))
+        assert done is (current is not None and matching), (key, done, current)
+        if done:
+            self._put_model(key, value, tier, None)
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 4.0, 10.0]))
     def advance_clock(self, seconds: float) -> None:

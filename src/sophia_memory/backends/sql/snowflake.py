@@ -473,13 +473,14 @@ class SnowflakeBackend(Backend):
     async def read_for_update(self, key: str, now: float,
                               ) -> tuple[Record | None, tuple[Any, ...] | None]:
         """The record under ``key`` and, as the token, the stored columns every write of
-        ours sets (payload, expiry, creation time, metadata); None where no row is."""
+        ours sets (payload, expiry, creation time, metadata, and the version each write
+        makes unique); None where no row is."""
         rows = await self._query(f"SELECT {self._select} FROM {self._t} WHERE {self._k} = ?",
                                  [key])
         if not rows:
             return None, None
         rec = self._record(rows[0])
-        return rec, (rec.payload, rec.expires_at, rec.created_at, rows[0][6])
+        return rec, (rec.payload, rec.expires_at, rec.created_at, rows[0][6], rec.version)
 
     async def put_if(self, key: str, record: Record, token: tuple[Any, ...] | None) -> bool:
         """One ``MERGE``: insert where no row is (``token`` None), or update the row only
@@ -490,9 +491,10 @@ class SnowflakeBackend(Backend):
         names = [c.name for c in cols]
         conds: list[str] = []
         if token is not None:
-            payload, expires_at, created_at, extra = token
+            payload, expires_at, created_at, extra, version = token
             olds = (("PAYLOAD", _b64(payload), "VARCHAR", "TO_BINARY({}, 'BASE64')"),
                     ("CREATED_AT", created_at, "FLOAT", "{}::FLOAT"),
+                    ("VERSION", version, "NUMBER(38,0)", "{}::NUMBER(38,0)"),
                     ("EXPIRES_AT", expires_at, "FLOAT", "{}::FLOAT"),
                     ("EXTRA", extra, "VARCHAR", "{}::VARCHAR"))
             for name, value, stage, expr in olds:
