@@ -336,9 +336,14 @@ class Writer:
     async def _drop_promoted_below(self, keys: list[str], home: InProcessTier,
                                    now: float) -> None:
         """Step 2 for promoted copies: only the tiers promotion fills can hold them."""
-        for tier in self.chain[home.index + 1:]:
-            if tier.tier not in _PROMOTED_INTO:
-                continue
+        await self._drop_copies([t for t in self.chain[home.index + 1:]
+                                 if t.tier in _PROMOTED_INTO], keys, now)
+
+    @staticmethod
+    async def _drop_copies(tiers: list[TierHandle], keys: list[str], now: float) -> None:
+        """Remove the promoted copies (not items whose home it is) of ``keys`` from ``tiers``,
+        in order; a failing tier marks the keys stale there instead."""
+        for tier in tiers:
             if isinstance(tier, InProcessTier):
                 for k in keys:
                     tier.pop_copy(k)
@@ -400,15 +405,7 @@ class Writer:
             if spiller.copies:
                 for k in keys:
                     spiller.forget_bits(k, 1 << tier.index)
-            for near in reversed(self.chain[: tier.index]):
-                if isinstance(near, InProcessTier):
-                    for k in keys:
-                        near.pop_copy(k)
-                    continue
-                try:
-                    await near.drop(keys, now, only=_is_copy)
-                except TierUnavailableError:
-                    near.stale.update(keys)
+            await self._drop_copies(self.chain[: tier.index][::-1], keys, now)
         return removed
 
     def _distrust_above(self, keys: list[str], home: TierHandle) -> None:
