@@ -1,4 +1,5 @@
-"""The ``sophia-memory`` command: ``demo``, ``doctor``, ``stats`` and ``bench``."""
+"""The ``sophia-memory`` command: ``demo``, ``doctor``, ``stats``, ``bench``, ``load`` and
+``clear``."""
 
 from __future__ import annotations
 
@@ -397,6 +398,65 @@ def write_bench_report(rows: list[dict[str, Any]], n: int, out: Path) -> list[Pa
     return written
 
 
+_LOAD_BATCH = 1000
+
+
+def _read_items(source: str) -> list[tuple[str, Any, float | None]]:
+    """The items of a JSON Lines file (``-``: standard input), one object a line:
+    ``{"key": ..., "value": ..., "ttl": seconds (optional)}``; a bad line is named by its
+    number (and nothing is stored)."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as exc:
+        raise SophiaMemoryError(f"cannot read {source}: {exc}") from None
+    items: list[tuple[str, Any, float | None]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise SophiaMemoryError(f"{source}:{number}: not JSON ({exc})") from None
+        if (type(obj) is not dict or not {"key", "value"} <= obj.keys()
+                or not obj.keys() <= {"key", "value", "ttl"}):
+            raise SophiaMemoryError(f'{source}:{number}: expected {{"key": ..., "value": ..., '
+                                    '"ttl": ...}} (ttl optional)')
+        if type(obj["key"]) is not str:
+            raise SophiaMemoryError(f"{source}:{number}: the key must be a string")
+        items.append((obj["key"], obj["value"], obj.get("ttl")))
+    return items
+
+
+async def _load(items: list[tuple[str, Any, float | None]], tier: str | None,
+                namespace: str | None) -> int:
+    """Put ``items`` in batches of 1,000 (one ``put_many`` per TTL within a batch), with
+    progress on stderr."""
+    async with Memory.open() as root:
+        mem = root.namespace(namespace) if namespace else root
+        done = 0
+        for start in range(0, len(items), _LOAD_BATCH):
+            batch = items[start : start + _LOAD_BATCH]
+            by_ttl: dict[float | None, dict[str, Any]] = {}
+            for key, value, ttl in batch:
+                by_ttl.setdefault(ttl, {})[key] = value
+            for ttl, group in by_ttl.items():
+                await mem.put_many(group, tier=tier, ttl=ttl)
+            done += len(batch)
+            _progress(f"loaded {done:,} of {len(items):,} items")
+    print(f"loaded {len(items):,} items into {tier or 'the default tier'}"
+          + (f" (namespace {namespace!r})" if namespace else ""))
+    return 0
+
+
+async def _clear(tier: str | None, namespace: str | None) -> int:
+    async with Memory.open() as mem:
+        removed = await mem.clear(tier=tier, namespace=namespace)
+    where = tier or "every tier"
+    print(f"removed {removed:,} items from {where}"
+          + (f" (namespace {namespace!r})" if namespace else ""))
+    return 0
+
+
 def _count(text: str) -> int:
     """An argparse type: a whole number of operations, at least 1 (a one-line error
     otherwise, not a traceback)."""
@@ -431,8 +491,20 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--report", type=Path, metavar="DIR",
                        help="also write DIR/bench_report.md and a plot of latency against "
                        "budget (the plot needs matplotlib)")
+    load = sub.add_parser("load", help="put the items of a JSON Lines file (- for stdin): "
+                          '{"key": ..., "value": ..., "ttl": ...} a line')
+    load.add_argument("file")
+    load.add_argument("--tier", help="the tier to put them in (default: the default tier)")
+    load.add_argument("--namespace", help="the namespace to put them in")
+    clear = sub.add_parser("clear", help="remove every item, or a tier's or a namespace's")
+    clear.add_argument("--tier", help="only this tier")
+    clear.add_argument("--namespace", help="only this namespace")
     args = parser.parse_args(argv)
     try:
+        if args.command == "load":
+            return asyncio.run(_load(_read_items(args.file), args.tier, args.namespace))
+        if args.command == "clear":
+            return asyncio.run(_clear(args.tier, args.namespace))
         if args.command == "demo":
             return asyncio.run(_demo(args.n))
         if args.command == "doctor":

@@ -1,0 +1,84 @@
+"""``sophia-memory load`` (JSON Lines, batched, with progress) and ``sophia-memory clear``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from sophia_memory import Memory, Tier
+from sophia_memory.cli import main
+
+
+def _read(path: Path, keys: list[str], namespace: str | None = None) -> dict[str, object]:
+    async def go() -> dict[str, object]:
+        async with Memory.open(path=str(path)) as root:
+            mem = root.namespace(namespace) if namespace else root
+            return await mem.get_many(keys)
+    return asyncio.run(go())
+
+
+def test_load_puts_every_line_with_progress_then_clear_removes_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "m.db"
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(db))
+    lines = [json.dumps({"key": f"k{i}", "value": {"n": i}}) for i in range(2500)]
+    lines.insert(10, "")  # blank lines are skipped
+    lines.append(json.dumps({"key": "short", "value": [1, 2], "ttl": 60}))
+    src = tmp_path / "items.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["load", str(src), "--tier", "PERSISTENT", "--namespace", "imp"]) == 0
+    out, err = capsys.readouterr()
+    assert "loaded 2,501 items into PERSISTENT (namespace 'imp')" in out
+    assert [line for line in err.splitlines() if line.startswith("loaded")] == [
+        "loaded 1,000 of 2,501 items", "loaded 2,000 of 2,501 items",
+        "loaded 2,501 of 2,501 items"]
+    got = _read(db, ["k0", "k2499", "short"], "imp")
+    assert got == {"k0": {"n": 0}, "k2499": {"n": 2499}, "short": [1, 2]}
+    assert _read(db, ["k0"]) == {}  # in the namespace only
+    assert main(["clear", "--namespace", "imp"]) == 0
+    assert "removed 2,501 items from every tier (namespace 'imp')" in capsys.readouterr().out
+    assert _read(db, ["k0", "short"], "imp") == {}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("not json", "items.jsonl:2: not JSON"),
+    ('{"key": "a"}', 'items.jsonl:2: expected {"key": ..., "value": ..., "ttl": ...}'),
+    ('{"key": 1, "value": 2}', "items.jsonl:2: the key must be a string"),
+    ('{"key": "a", "value": 2, "colour": "red"}', "items.jsonl:2: expected"),
+])
+def test_a_bad_line_is_named_and_nothing_is_stored(
+        line: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "m.db"
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(db))
+    src = tmp_path / "items.jsonl"
+    src.write_text(json.dumps({"key": "first", "value": 1}) + "\n" + line + "\n")
+    assert main(["load", str(src)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not db.exists()  # nothing opened, nothing stored
+
+
+def test_load_of_a_missing_file_is_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["load", str(tmp_path / "nope.jsonl")]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot read")
+
+
+def test_clear_of_one_tier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "m.db"
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(db))
+
+    async def fill() -> None:
+        async with Memory.open(path=str(db)) as mem:
+            await mem.put("c", 1, tier=Tier.CORTEX)
+            await mem.put("p", 2, tier=Tier.PERSISTENT)
+    asyncio.run(fill())
+    assert main(["clear", "--tier", "CORTEX"]) == 0
+    assert "removed 1 items from CORTEX" in capsys.readouterr().out
+    assert _read(db, ["c", "p"]) == {"p": 2}
