@@ -82,3 +82,57 @@ def test_clear_of_one_tier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["clear", "--tier", "CORTEX"]) == 0
     assert "removed 1 items from CORTEX" in capsys.readouterr().out
     assert _read(db, ["c", "p"]) == {"p": 2}
+
+
+@pytest.mark.parametrize("ttl", ["[1]", "-1", "true", '"60"'])
+def test_a_bad_ttl_anywhere_stores_nothing(ttl: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "m.db"
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(db))
+    lines = [json.dumps({"key": f"n{i}", "value": i}) for i in range(1500)]
+    lines.append('{"key": "bad", "value": 1, "ttl": ' + ttl + "}")
+    src = tmp_path / "items.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["load", str(src), "--tier", "PERSISTENT"]) == 1
+    err = capsys.readouterr().err
+    assert "items.jsonl:1501: " in err and "ttl" in err and "Traceback" not in err
+    assert not db.exists()  # refused before anything was opened
+
+
+def test_a_bad_key_or_value_is_refused_before_any_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "m.db"
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(db))
+    lines = [json.dumps({"key": f"n{i}", "value": i}) for i in range(1500)]
+    lines.append(json.dumps({"key": "", "value": 1}))
+    src = tmp_path / "items.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["load", str(src), "--tier", "PERSISTENT"]) == 1
+    assert "items.jsonl:1501: keys must not be empty" in capsys.readouterr().err
+    assert _read(db, ["n0", "n1499"]) == {}
+
+
+def test_the_last_line_of_a_key_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "m.db"
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(db))
+    src = tmp_path / "items.jsonl"
+    src.write_text("\n".join([json.dumps({"key": "k", "value": "v1", "ttl": 50}),
+                              json.dumps({"key": "k", "value": "v2"}),
+                              json.dumps({"key": "k", "value": "v3", "ttl": 50})]) + "\n")
+    assert main(["load", str(src), "--tier", "PERSISTENT"]) == 0
+    assert "loaded 1 items into PERSISTENT" in capsys.readouterr().out
+    assert _read(db, ["k"]) == {"k": "v3"}
+
+
+def test_in_process_tiers_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(tmp_path / "m.db"))
+    src = tmp_path / "items.jsonl"
+    src.write_text(json.dumps({"key": "k", "value": 1}) + "\n")
+    assert main(["load", str(src)]) == 1  # the default tier, SESSION, is in-process
+    assert "Tier.SESSION is in this process" in capsys.readouterr().err
+    assert main(["clear", "--tier", "GPU"]) == 1
+    assert "Tier.GPU is in this process" in capsys.readouterr().err

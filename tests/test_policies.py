@@ -232,7 +232,7 @@ def test_wtinylfu_window_grows_on_a_recency_workload() -> None:
     # the last set are frequent, the new ones are not yet, so a small window keeps the old
     # set and misses; hill climbing must grow the window (towards LRU) to follow.
     # The sketch hashes keys with hash(), so how far the window grows depends on the
-    # process's str hash seed (160 at most; 9 on seed 51, 19 to 160 on seeds 0-50): run
+    # process's str hash seed (1 to 160 over seeds 0-160, under 19 on 8 of them): run
     # under fixed seeds, in child processes, so the test is the same on every run.
     grown = []
     for seed in range(5):

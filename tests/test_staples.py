@@ -484,3 +484,54 @@ async def test_clear_goes_on_past_a_failing_tier_then_says_so(tmp_path: Path,
         assert await mem.clear() == 1  # and the failing one on the next try
         assert await mem.get("c") is None
     reset_gated()
+
+
+def _tiny(tmp_path: Path, clock: ManualClock, name: str) -> Memory:
+    return Memory.open(path=str(tmp_path / f"{name}.db"), clock=clock, purge_interval=0,
+                       gpu_reserve=0, tiers={Tier.SESSION: "memory://?max_items=2",
+                                             Tier.GPU: "host://?memory=4KiB"})
+
+
+async def test_each_spilled_copy_keeps_the_tier_its_item_was_put_to(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """SESSION's own item spills to CORTEX, then a GPU item of the same key spills into
+    SESSION: each copy stays its own tier's, for the staples and for clear."""
+    for case in ("staples", "clear"):
+        async with _tiny(tmp_path, clock, case) as mem:
+            spiller = mem._core.spiller
+            await mem.put("k", "session's own", tier=Tier.SESSION)
+            await mem.put("k", np.full(8, 2.0), tier=Tier.GPU)
+            for i in range(3):
+                await mem.put(f"s{i}", i, tier=Tier.SESSION)  # SESSION's k spills to CORTEX
+            await mem.flush()
+            i = 0
+            while not spiller.copies.get("k", 0) & 2:  # GPU's k spills into SESSION
+                await mem.put(f"g{i}", np.zeros(64), tier=Tier.GPU)
+                i += 1
+            if case == "staples":
+                assert await mem.ttl("k", tier=Tier.SESSION) == math.inf  # SESSION's own
+                assert await mem.add("k", "x", tier=Tier.SESSION) is False
+            else:
+                assert await mem.clear(tier=Tier.GPU) >= 1
+                await mem.flush()
+                assert await mem.get("k") == "session's own"  # not GPU's to clear
+
+
+@pytest.mark.parametrize("tier", [Tier.GPU, Tier.SESSION])
+async def test_clear_follows_an_item_spilled_twice(tier: Tier, tmp_path: Path,
+                                                   clock: ManualClock) -> None:
+    """A GPU item that went GPU -> SESSION -> CORTEX is GPU's: clear(tier=GPU) removes
+    it, clear(tier=SESSION) leaves it."""
+    async with _tiny(tmp_path, clock, tier.name) as mem:
+        await mem.put("k", np.full(8, 2.0), tier=Tier.GPU)
+        for i in range(12):
+            await mem.put(f"g{i}", np.zeros(64), tier=Tier.GPU)
+        await mem.flush()
+        assert mem._core.spiller.origin("k", 2) == 0  # in CORTEX, put to GPU
+        await mem.clear(tier=tier)
+        await mem.flush()
+        got = await mem.get("k")
+        if tier is Tier.GPU:
+            assert got is None
+        else:
+            assert got is not None and np.array_equal(got, np.full(8, 2.0))

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._support import ttl_seconds
 from .backends import parse_url
 from .config import MemoryConfig
 from .doctor import check_tiers, outside_view
+from .engine import InProcessTier
 from .errors import MissingDependencyError, SophiaMemoryError, VersionConflictError
 from .gpu import detect_gpu
 from .memory import Memory
@@ -401,15 +403,15 @@ def write_bench_report(rows: list[dict[str, Any]], n: int, out: Path) -> list[Pa
 _LOAD_BATCH = 1000
 
 
-def _read_items(source: str) -> list[tuple[str, Any, float | None]]:
+def _read_items(source: str) -> dict[str, tuple[int, Any, float | None]]:
     """The items of a JSON Lines file (``-``: standard input), one object a line:
-    ``{"key": ..., "value": ..., "ttl": seconds (optional)}``; a bad line is named by its
-    number (and nothing is stored)."""
+    ``{"key": ..., "value": ..., "ttl": seconds (optional)}``, as ``{key: (line number,
+    value, ttl)}`` (a key given twice: its last line). A bad line is named by its number."""
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
     except OSError as exc:
         raise SophiaMemoryError(f"cannot read {source}: {exc}") from None
-    items: list[tuple[str, Any, float | None]] = []
+    items: dict[str, tuple[int, Any, float | None]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -423,33 +425,60 @@ def _read_items(source: str) -> list[tuple[str, Any, float | None]]:
                                     '"ttl": ...}} (ttl optional)')
         if type(obj["key"]) is not str:
             raise SophiaMemoryError(f"{source}:{number}: the key must be a string")
-        items.append((obj["key"], obj["value"], obj.get("ttl")))
+        try:
+            ttl = ttl_seconds(obj.get("ttl"))
+        except SophiaMemoryError as exc:
+            raise SophiaMemoryError(f"{source}:{number}: {exc}") from None
+        items.pop(obj["key"], None)  # the last line of a key wins, in its place
+        items[obj["key"]] = (number, obj["value"], ttl)
     return items
 
 
-async def _load(items: list[tuple[str, Any, float | None]], tier: str | None,
-                namespace: str | None) -> int:
+async def _load(source: str, items: dict[str, tuple[int, Any, float | None]],
+                tier: str | None, namespace: str | None) -> int:
     """Put ``items`` in batches of 1,000 (one ``put_many`` per TTL within a batch), with
-    progress on stderr."""
+    progress on stderr. Every key and value is checked before the first batch is written,
+    and a tier that lives in this process (gone when the command exits) is refused."""
     async with Memory.open() as root:
         mem = root.namespace(namespace) if namespace else root
-        done = 0
-        for start in range(0, len(items), _LOAD_BATCH):
-            batch = items[start : start + _LOAD_BATCH]
+        core = mem._core
+        slot = core.slot(mem._tier(tier))
+        if isinstance(slot, InProcessTier):
+            raise SophiaMemoryError(
+                f"{slot.tier} is in this process ({slot.backend.describe()}): what is loaded "
+                "would be gone when this command exits; pass --tier with a stored tier "
+                "(CORTEX, PERSISTENT, WORKFLOW) or configure a shared one")
+        limit = core.config.max_value_bytes
+        for key, (number, value, _) in items.items():
+            try:
+                mem._key(key)
+                size = core.codec.measure(value)
+            except SophiaMemoryError as exc:
+                raise SophiaMemoryError(f"{source}:{number}: {exc}") from None
+            if size > limit:
+                raise SophiaMemoryError(f"{source}:{number}: the value is about {size} bytes, "
+                                        f"over max_value_bytes={limit}")
+        keys = list(items)
+        for start in range(0, len(keys), _LOAD_BATCH):
             by_ttl: dict[float | None, dict[str, Any]] = {}
-            for key, value, ttl in batch:
+            for key in keys[start : start + _LOAD_BATCH]:
+                _, value, ttl = items[key]
                 by_ttl.setdefault(ttl, {})[key] = value
             for ttl, group in by_ttl.items():
-                await mem.put_many(group, tier=tier, ttl=ttl)
-            done += len(batch)
-            _progress(f"loaded {done:,} of {len(items):,} items")
-    print(f"loaded {len(items):,} items into {tier or 'the default tier'}"
+                await mem.put_many(group, tier=slot.tier, ttl=ttl)
+            _progress(f"loaded {min(start + _LOAD_BATCH, len(keys)):,} of {len(keys):,} items")
+    print(f"loaded {len(keys):,} items into {slot.tier.name}"
           + (f" (namespace {namespace!r})" if namespace else ""))
     return 0
 
 
 async def _clear(tier: str | None, namespace: str | None) -> int:
     async with Memory.open() as mem:
+        if tier is not None:
+            slot = mem._core.slot(mem._tier(tier))
+            if isinstance(slot, InProcessTier):
+                raise SophiaMemoryError(f"{slot.tier} is in this process: a fresh one holds "
+                                        "nothing to clear (clear it inside the service)")
         removed = await mem.clear(tier=tier, namespace=namespace)
     where = tier or "every tier"
     print(f"removed {removed:,} items from {where}"
@@ -502,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "load":
-            return asyncio.run(_load(_read_items(args.file), args.tier, args.namespace))
+            return asyncio.run(_load(args.file, _read_items(args.file), args.tier,
+                                     args.namespace))
         if args.command == "clear":
             return asyncio.run(_clear(args.tier, args.namespace))
         if args.command == "demo":

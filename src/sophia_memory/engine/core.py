@@ -296,11 +296,10 @@ class Engine:
         spiller = self.spiller
         if tier is None or isinstance(tier, InProcessTier):
             found.update(k for k, entry in spiller.buffer.items() if k.startswith(prefix)
-                         and (tier is None or entry.source is tier))
+                         and (tier is None or entry.origin == tier.index))
         if isinstance(tier, InProcessTier) and spiller.copies:
-            lower = self.writer.spilled_into[tier.index]
-            found.update(k for k, mask in spiller.copies.items()
-                         if mask & lower and k.startswith(prefix))
+            found.update(k for k in spiller.copies
+                         if k.startswith(prefix) and spiller.of_origin(k, tier.index))
         keys = sorted(found)
         removed = 0
         for i in range(0, len(keys), _CLEAR_BATCH):

@@ -72,9 +72,9 @@ class Spiller:
         self.bytes = 0
         #: key -> bitmask of the chain positions holding a copy a spill made.
         self.copies: dict[str, int] = {}
-        #: key -> the chain position of the tier those copies' item was put to (a GPU item
-        #: may spill to SESSION and on to a slower tier), while it has copies.
-        self.origins: dict[str, int] = {}
+        #: key -> {chain position of a copy: the position of the tier its item was put to}
+        #: (a GPU item may spill to SESSION and on to a slower tier), kept with ``copies``.
+        self.origins: dict[str, dict[int, int]] = {}
         self.dropped: Counter[str] = Counter()
         self.moved = 0
         self.waits = 0
@@ -96,7 +96,7 @@ class Spiller:
         mask = self.copies.get(key)
         origin = source.index
         if mask is not None and mask >> source.index & 1:
-            origin = self.origins.get(key, origin)
+            origin = self.origin(key, source.index)
             self._forget(key, 1 << source.index)
         if not rec.home or rec.expired(self.now()):
             return
@@ -112,8 +112,7 @@ class Spiller:
                     target.put_nowait(key, moved)
                 except ValueTooLargeError:
                     continue
-                self.copies[key] = self.copies.get(key, 0) | 1 << target.index
-                self.origins[key] = origin
+                self._note(key, target.index, origin)
                 return
             old = self.buffer.pop(key, None)
             if old is not None:
@@ -194,6 +193,41 @@ class Spiller:
         if mask is not None and mask & bits:
             self._forget(key, bits)
 
+    def _note(self, key: str, position: int, origin: int) -> None:
+        self.copies[key] = self.copies.get(key, 0) | 1 << position
+        self.origins.setdefault(key, {})[position] = origin
+
+    def origin(self, key: str, position: int) -> int:
+        """The chain position of the tier the item whose copy a spill left at ``position``
+        was put to."""
+        return self.origins.get(key, {}).get(position, position)
+
+    def of_origin(self, key: str, origin: int) -> int:
+        """The positions (a bitmask) of the copies spills made of an item put to ``origin``."""
+        return sum(1 << p for p, o in self.origins.get(key, {}).items()
+                   if o == origin and self.copies.get(key, 0) >> p & 1)
+
+    async def remove_copies_at(self, key_bits: dict[str, int], now: float) -> None:
+        """Remove the copies of each key at the positions in its bits (callers hold the
+        keys), slowest first. A failing tier marks them stale there instead."""
+        by_tier: dict[int, list[str]] = {}
+        for key, bits in key_bits.items():
+            self._forget(key, bits)
+            for index in range(len(self.chain)):
+                if bits >> index & 1:
+                    by_tier.setdefault(index, []).append(key)
+        for index in sorted(by_tier, reverse=True):
+            tier = self.chain[index]
+            tier_keys = by_tier[index]
+            if isinstance(tier, InProcessTier):
+                for key in tier_keys:
+                    tier.pop_nowait(key)
+                continue
+            try:
+                await tier.drop(tier_keys, now)
+            except TierUnavailableError:
+                tier.stale.update(tier_keys)
+
     def forget_all(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.copies.pop(key, None)
@@ -203,6 +237,10 @@ class Spiller:
         mask = self.copies.get(key, 0) & ~bits
         if mask:
             self.copies[key] = mask
+            origins = self.origins.get(key)
+            if origins:
+                for position in [p for p in origins if not mask >> p & 1]:
+                    del origins[position]
         else:
             self.copies.pop(key, None)
             self.origins.pop(key, None)
@@ -294,7 +332,7 @@ class Spiller:
             copies = self.copies
             for key in records:
                 copies[key] = copies.get(key, 0) | bit
-                self.origins[key] = group[key].origin
+                self.origins.setdefault(key, {})[index] = group[key].origin
                 target.stale.discard(key)
                 self.take(key)
                 self.moved += 1

@@ -69,17 +69,6 @@ class Writer:
         self.local_promoted_below = [
             [t for t in self.local if t.index > h.index and t.tier in _PROMOTED_INTO]
             for h in chain]
-        # Per in-process position: the chain positions its spills put copies in (the next
-        # in-process tier takes them at once; the last one's go to the slower tiers). And per
-        # position, the one whose spills put copies there (-1: none).
-        self.spilled_into = [0] * len(chain)
-        self.spilled_from = [-1] * len(chain)
-        for h in self.local:
-            nearer = [t for t in self.local if t.index > h.index]
-            targets = nearer[:1] if nearer else [t for t in chain if t.index > h.index]
-            self.spilled_into[h.index] = sum(1 << t.index for t in targets)
-            for t in targets:
-                self.spilled_from[t.index] = h.index
         self.nowait = [isinstance(h, InProcessTier) and not any(
             isinstance(t, RemoteTier) and t.tier in _PROMOTED_INTO for t in chain[h.index + 1:])
             for h in chain]
@@ -242,7 +231,7 @@ class Writer:
         spiller = self.spiller
         mask = spiller.copies.get(key)
         return (mask is not None and bool(mask >> there.index & 1)
-                and spiller.origins.get(key, self.spilled_from[there.index]) < tier.index)
+                and spiller.origin(key, there.index) < tier.index)
 
     def live(self, tier: TierHandle, rec: Record | None,
              now: float) -> tuple[Record | None, Any]:
@@ -384,14 +373,14 @@ class Writer:
             now = self.now()
             spiller = self.spiller
             if isinstance(tier, InProcessTier):
-                # its own items below go first (slowest first): in transit, and spilled
-                lower = self.spilled_into[tier.index]
-                spilled = {k for k in keys if spiller.copies.get(k, 0) & lower}
-                await spiller.remove_copies(spilled, tier.index, now)
+                # its own items below go first (slowest first): spilled, and in transit
+                spilled = {k: bits for k in keys
+                           if (bits := spiller.of_origin(k, tier.index))}
+                await spiller.remove_copies_at(spilled, now)
                 gone = set(spilled)
                 for k in keys:
                     entry = spiller.buffer.get(k)
-                    if entry is not None and entry.source is tier:
+                    if entry is not None and entry.origin == tier.index:
                         spiller.take(k)
                         if not entry.record.expired(now):
                             gone.add(k)
