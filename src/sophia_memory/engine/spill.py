@@ -156,30 +156,12 @@ class Spiller:
     async def remove_copies(self, keys: Iterable[str], below: int, now: float) -> None:
         """Remove the copies spills made of ``keys`` in tiers below chain position ``below``
         (callers hold the keys). A failing tier marks them stale there instead."""
-        by_tier: dict[int, list[str]] = {}
-        copies = self.copies
+        key_bits: dict[str, int] = {}
         for key in keys:
-            mask = copies.get(key)
-            if not mask:
-                continue
-            lower = mask >> (below + 1) << (below + 1)
-            if not lower:
-                continue
-            self._forget(key, lower)
-            for index in range(below + 1, len(self.chain)):
-                if lower >> index & 1:
-                    by_tier.setdefault(index, []).append(key)
-        for index in sorted(by_tier, reverse=True):  # slowest first
-            tier = self.chain[index]
-            tier_keys = by_tier[index]
-            if isinstance(tier, InProcessTier):
-                for key in tier_keys:
-                    tier.pop_nowait(key)
-                continue
-            try:
-                await tier.drop(tier_keys, now)
-            except TierUnavailableError:
-                tier.stale.update(tier_keys)
+            lower = self.copies.get(key, 0) >> (below + 1) << (below + 1)
+            if lower:
+                key_bits[key] = lower
+        await self.remove_copies_at(key_bits, now)
 
     def forget(self, key: str, index: int) -> None:
         """A write at chain position ``index`` replaced the copy a spill made there."""
