@@ -125,3 +125,57 @@ def test_moved_moves_the_named_generations_and_the_epoch() -> None:
     assert order.epoch == 3
     assert len(order.gens) == STRIPES == MASK + 1
 
+
+
+def three_keys_in_stripe_order() -> list[tuple[str, int]]:
+    """Three keys on three different stripes, lowest stripe first."""
+    found: dict[int, str] = {}
+    for i in itertools.count():
+        key = f"three-{i}"
+        found.setdefault(KeyOrder.stripe(key), key)
+        if len(found) == 3:
+            return sorted(((k, s) for s, k in found.items()), key=lambda pair: pair[1])
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("how", ["writing", "holding"])
+async def test_a_wait_cancelled_at_the_third_stripe_gives_both_back(how: str) -> None:
+    order = KeyOrder()
+    (k1, s1), (k2, s2), (k3, s3) = three_keys_in_stripe_order()
+    await order.locks[s3].acquire()
+    task = asyncio.create_task(getattr(order, how)([k3, k2, k1]).__aenter__())
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert order.locks[s1].locked() and order.locks[s2].locked()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not order.locks[s1].locked() and not order.locks[s2].locked()
+    assert order.stats() == {"stripes": STRIPES, "locked": 1}
+    order.locks[s3].release()
+    assert order.stats() == {"stripes": STRIPES, "locked": 0}
+
+
+async def test_epoch_and_active_count_every_write() -> None:
+    order = KeyOrder()
+    async with order.writing(["warm-up"]):
+        pass
+    assert (order.epoch, order.active) == (2, 0)
+    first, second = asyncio.Event(), asyncio.Event()
+
+    async def write(key: str, inside: asyncio.Event, leave: asyncio.Event) -> None:
+        async with order.writing([key]):
+            inside.set()
+            await leave.wait()
+
+    k1, k2, _, _ = two_keys_in_stripe_order()
+    leave = asyncio.Event()
+    tasks = [asyncio.create_task(write(k1, first, leave)),
+             asyncio.create_task(write(k2, second, leave))]
+    await first.wait()
+    await second.wait()
+    assert order.active == 2  # two writes in progress at once
+    assert order.epoch == 4  # each one moved it on when it began
+    leave.set()
+    await asyncio.gather(*tasks)
+    assert (order.epoch, order.active) == (6, 0)
