@@ -53,3 +53,28 @@ async def test_memory_open_refuses_a_misspelt_variable(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match="SOPHIA_MEMORY_SESSION_URL"):
         Memory.open(path=str(tmp_path / "m.db"))
     assert not (tmp_path / "m.db").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(("typo", "meant"), [
+    ("inferance_cache", "inference_cache"), ("active_model", "active_models"),
+    ("vectorcache", "vector_cache"), ("Buffer", "buffer")])
+def test_a_misspelt_pool_in_a_toml_file_names_the_closest_spelling(
+        typo: str, meant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "memory.toml"
+    toml.write_text(f'[gpu_pools]\nactive_models = 0.4\n{typo} = 0.3\n')
+    monkeypatch.setenv("SOPHIA_MEMORY_CONFIG", str(toml))
+    with pytest.raises(ConfigError) as info:
+        Memory.open(path=str(tmp_path / "m.db"))
+    assert f"unknown pool {typo!r}: did you mean {meant!r}?" in str(info.value)
+    assert not (tmp_path / "m.db").exists()  # refused at open, not at the first put
+
+
+async def test_a_pool_of_ones_own_name_is_kept_and_a_misspelt_put_names_it(
+        tmp_path: Path) -> None:
+    import numpy as np
+
+    async with Memory.open(path=str(tmp_path / "m.db"), gpu_reserve=0,
+                           gpu_pools={"embeddings": 0.5, "inference_cache": 0.3}) as mem:
+        await mem.put("e", np.ones(4, dtype=np.float32), tier=Tier.GPU, pool="embeddings")
+        with pytest.raises(ConfigError, match="did you mean 'embeddings'"):
+            await mem.put("e", np.ones(4, dtype=np.float32), tier=Tier.GPU, pool="embedings")

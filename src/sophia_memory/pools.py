@@ -8,14 +8,15 @@ Usable memory is what the device reports minus a headroom reserve. Pools that do
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_POOLS", "PRESETS", "DevicePreset", "device_memory", "format_bytes",
-           "match_preset", "parse_size", "plan_pools"]
+__all__ = ["DEFAULT_POOLS", "PRESETS", "DevicePreset", "check_pool_name", "device_memory",
+           "format_bytes", "match_preset", "parse_size", "plan_pools"]
 
 #: Default pools in the platform's proportions 40 : 30 : 20 : 6 of usable memory.
 DEFAULT_POOLS: dict[str, float] = {
@@ -88,6 +89,19 @@ def format_bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
+def check_pool_name(name: str) -> None:
+    """Refuse a pool name that is a near miss of one of the platform's pools (a typo such as
+    ``inferance_cache``, which would otherwise make a pool of its own and leave the default
+    one out), naming the closest spelling. Other names are pools of the user's own."""
+    if name in DEFAULT_POOLS:
+        return
+    close = difflib.get_close_matches(name.lower(), list(DEFAULT_POOLS), n=1, cutoff=0.8)
+    if close:
+        raise ConfigError(f"unknown pool {name!r}: did you mean {close[0]!r}? (the platform's "
+                          f"pools are {', '.join(DEFAULT_POOLS)}; another name makes a pool "
+                          "of its own and must not look like one of them)")
+
+
 def plan_pools(pools: Mapping[str, float | int | str], total: int,
                reserve: float | int | str = 0.02, device: str = "device") -> dict[str, int]:
     """Byte budgets for ``pools`` on a device reporting ``total`` bytes.
@@ -106,6 +120,7 @@ def plan_pools(pools: Mapping[str, float | int | str], total: int,
     for name, spec in pools.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}", name):
             raise ConfigError(f"invalid pool name {name!r}")
+        check_pool_name(name)
         if isinstance(spec, float):
             if not 0 < spec <= 1:
                 raise ConfigError(f"pool {name!r}: fraction must be in (0, 1], got {spec}")

@@ -33,6 +33,7 @@ The CuPy allocator (``cupy://0``) lives in :mod:`.gpupool`; the URL factories in
 from __future__ import annotations
 
 import bisect
+import difflib
 import sys
 import weakref
 from abc import ABC, abstractmethod
@@ -424,7 +425,9 @@ class PoolBackend(Backend):
     def pool_of(self, record: Record) -> str:
         name = record.extra.get("pool", self.default_pool)
         if name not in self.pools:
-            raise ConfigError(f"no pool named {name!r}; pools: {', '.join(self.pools)}")
+            close = difflib.get_close_matches(name, list(self.pools), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"no pool named {name!r}{hint}; pools: {', '.join(self.pools)}")
         return str(name)
 
     def _read(self, key: str) -> Record:
