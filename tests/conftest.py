@@ -180,6 +180,14 @@ def small_memory(tmp_path: Path, clock: Any, **kw: Any) -> Memory:
                        gpu_reserve=0, **kw)
 
 
+async def drop_prefix(client: Any, prefix: str) -> None:
+    """Delete every key under ``prefix`` on the server ``client`` talks to (a test's own
+    keys, so that the run leaves nothing behind)."""
+    names = [n async for n in client.scan_iter(match=prefix + "*", count=1000)]
+    if names:
+        await client.delete(*names)
+
+
 async def real_redis_or_skip(url: str) -> Any:
     """A ``redis.asyncio`` client of the server at ``url``, or a skip that says why not
     (a failure under CI)."""

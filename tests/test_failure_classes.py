@@ -46,7 +46,7 @@ from sophia_memory.engine import RemoteTier
 from sophia_memory.errors import WriteRefusedError
 from sophia_memory.tiers import Record
 
-from .conftest import real_redis_or_skip
+from .conftest import drop_prefix, real_redis_or_skip
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 THRESHOLD = 3
@@ -187,9 +187,7 @@ async def redis_mem(tmp_path: Path, clock: ManualClock,
                          SESSION=f"{REDIS_URL}?prefix={prefix}&tracking=0") as mem:
             yield mem, client, prefix
     finally:
-        names = [n async for n in client.scan_iter(match=prefix + "*", count=1000)]
-        if names:
-            await client.delete(*names)
+        await drop_prefix(client, prefix)
         await client.aclose()
 
 

@@ -31,7 +31,7 @@ from langgraph.graph import END, START, StateGraph
 from sophia_memory import ManualClock, Memory, MissingDependencyError, Tier
 from sophia_memory.integrations.langgraph import SophiaCheckpointSaver
 
-from .conftest import real_redis_or_skip
+from .conftest import drop_prefix, real_redis_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -70,9 +70,7 @@ async def test_conformance_with_session_on_redis(tmp_path: Path) -> None:
         # the hot path went through Redis: promoted heads and rows are there
         assert [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
     finally:
-        names = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
-        if names:
-            await client.delete(*names)
+        await drop_prefix(client, prefix)
         await client.aclose()
 
 

@@ -22,19 +22,13 @@ fakeredis = pytest.importorskip("fakeredis")
 
 from sophia_memory.backends.redis.backend import RedisBackend  # noqa: E402
 
-from .conftest import real_redis_or_skip  # noqa: E402
+from .conftest import drop_prefix, real_redis_or_skip  # noqa: E402
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 async def _real_redis_or_skip() -> Any:
     return await real_redis_or_skip(REDIS_URL)
-
-
-async def _drop_prefix(client: Any, prefix: str) -> None:
-    names = [n async for n in client.scan_iter(match=prefix + "*", count=1000)]
-    if names:
-        await client.delete(*names)
 
 
 @pytest.mark.redis
@@ -53,7 +47,7 @@ class TestRealRedisBackend(BackendTests):
         client, prefix = getattr(self, "_cleanup", (None, None))
         if client is not None:
             fresh = redis_asyncio.Redis.from_url(REDIS_URL)
-            await _drop_prefix(fresh, prefix)
+            await drop_prefix(fresh, prefix)
             await fresh.aclose()
 
 
@@ -100,7 +94,7 @@ async def test_memory_with_session_on_real_redis(tmp_path: Path, clock: ManualCl
             assert await mem.delete("a") is True and not await mem.exists("a")
         finally:
             client = redis_asyncio.Redis.from_url(REDIS_URL)
-            await _drop_prefix(client, prefix)
+            await drop_prefix(client, prefix)
             await client.aclose()
 
 
@@ -152,6 +146,6 @@ async def test_foreign_or_malicious_payloads_are_refused(tmp_path: Path, clock: 
         finally:
             if server == "real":
                 fresh = redis_asyncio.Redis.from_url(REDIS_URL)
-                await _drop_prefix(fresh, prefix)
+                await drop_prefix(fresh, prefix)
                 await fresh.aclose()
     assert not _exists(MARKER), "a planted payload executed code"

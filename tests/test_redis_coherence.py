@@ -29,6 +29,8 @@ import pytest
 
 from sophia_memory import Memory, Tier
 
+from .conftest import drop_prefix
+
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
 pytestmark = pytest.mark.redis
@@ -128,9 +130,7 @@ async def _run(tmp_path: Path, n: int, tracking: bool, patience: float) -> list[
             reader.stdin.close()
             assert await loop.run_in_executor(None, reader.wait, 30) == 0
             client = redis_asyncio.Redis.from_url(REDIS_URL)
-            names = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
-            if names:
-                await client.delete(*names)
+            await drop_prefix(client, prefix)
             await client.aclose()
     return reports
 
@@ -192,7 +192,5 @@ async def test_lost_tracking_link_drops_copies_and_comes_back(tmp_path: Path) ->
             await asyncio.sleep(0)
         assert gpu.peek("k0") is None
         assert backend.stats()["tracking"] is True
-    names = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
-    if names:
-        await client.delete(*names)
+    await drop_prefix(client, prefix)
     await client.aclose()

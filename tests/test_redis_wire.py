@@ -33,7 +33,8 @@ fakeredis = pytest.importorskip("fakeredis")
 
 from sophia_memory.backends.redis.backend import RedisBackend  # noqa: E402
 
-from .test_redis import REDIS_URL, _drop_prefix, _real_redis_or_skip  # noqa: E402
+from .conftest import drop_prefix  # noqa: E402
+from .test_redis import REDIS_URL, _real_redis_or_skip  # noqa: E402
 
 NOW = 1_000.0
 ONLY_SESSION: dict[Tier, Any] = {t: None for t in Tier if t is not Tier.SESSION}
@@ -123,7 +124,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[RedisBackend]
     try:
         yield b
     finally:
-        await _drop_prefix(client, prefix)
+        await drop_prefix(client, prefix)
         await b.close()
 
 
@@ -398,7 +399,7 @@ async def wired() -> AsyncIterator[tuple[RedisBackend, Any]]:
     try:
         yield backend, client
     finally:
-        await _drop_prefix(client, prefix)
+        await drop_prefix(client, prefix)
         await backend.close()
 
 

@@ -22,7 +22,7 @@ from sophia_memory import InvalidArgumentError, ManualClock, Memory, Tier, Versi
 from sophia_memory.testing import gate, gated_data, reset_gated
 from sophia_memory.tiers import Record
 
-from .conftest import real_redis_or_skip
+from .conftest import drop_prefix, real_redis_or_skip
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -76,9 +76,7 @@ async def _setup(param: tuple[str, Tier, Any], tmp_path: Path,
         reset_gated()
         emulator.close()
         if client is not None:  # items expired on the test's clock are still in Redis
-            names = [n async for n in client.scan_iter(match=prefix + "*", count=1000)]
-            if names:
-                await client.delete(*names)
+            await drop_prefix(client, prefix)
             await client.aclose()
 
 

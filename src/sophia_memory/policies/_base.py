@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ..tiers import Record
 from ._sketch import FrequencySketch
 
-__all__ = ["Admitting", "EvictionListener", "EvictionPolicy"]
+__all__ = ["Admitting", "BufferedReads", "EvictionListener", "EvictionPolicy"]
 
 EvictionListener = Callable[[str, Record], None]
 
@@ -87,6 +88,31 @@ class EvictionPolicy(ABC):
 
 #: Keys the default admission sketch is sized for (it ages every 10x this many offers).
 _OFFERS = 4096
+
+
+class BufferedReads(EvictionPolicy):
+    """A policy whose hits are recorded in a bounded buffer (a C-level append on the hot
+    path) and counted when the store next writes (:meth:`_drain`); in a long run of reads
+    without writes the oldest are dropped. Subclasses call :meth:`_buffer_reads` in
+    ``__init__``."""
+
+    #: Reads buffered between writes (the oldest are dropped beyond this).
+    buffer_size = 1024
+
+    def _buffer_reads(self) -> None:
+        self._reads: deque[str] = deque(maxlen=self.buffer_size)
+        self.access = self._reads.append  # type: ignore[method-assign,assignment]  # hot path
+        self.update = self._reads.append  # type: ignore[method-assign,assignment]
+
+    def access(self, key: str) -> None:
+        self._reads.append(key)
+
+    def update(self, key: str) -> None:
+        self._reads.append(key)
+
+    @abstractmethod
+    def _drain(self) -> None:
+        """Count the buffered reads."""
 
 
 @runtime_checkable

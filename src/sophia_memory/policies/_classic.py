@@ -6,10 +6,10 @@ dict used as a queue slows down as deleted slots pile up at its front).
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
-from ._base import EvictionPolicy
+from ._base import BufferedReads, EvictionPolicy
 
 __all__ = ["FIFOPolicy", "LRUPolicy", "S3FIFOPolicy", "SievePolicy"]
 
@@ -107,7 +107,7 @@ class SievePolicy(EvictionPolicy):
             self._behind[key] = None
 
 
-class S3FIFOPolicy(EvictionPolicy):
+class S3FIFOPolicy(BufferedReads):
     """S3-FIFO (Yang et al., SOSP 2023): a small FIFO (10 % of the capacity) that new keys
     enter, a main FIFO, and a ghost FIFO of keys recently evicted from the small one.
 
@@ -121,9 +121,6 @@ class S3FIFOPolicy(EvictionPolicy):
     Reads are recorded in a bounded buffer (a C-level append on the hot path) and counted
     when the store next writes; in a long run of reads without writes the oldest are dropped.
     """
-
-    #: Reads buffered between writes (the oldest are dropped beyond this).
-    buffer_size = 1024
 
     def __init__(self, small_ratio: float = 0.1, move_threshold: int = 2) -> None:
         if not 0 < small_ratio < 1:
@@ -139,9 +136,7 @@ class S3FIFOPolicy(EvictionPolicy):
         self._main_max = self._ghost_max = 1 << 62
         self._weigh: Callable[[str], int] | None = None
         self._filling = True  # nothing evicted yet
-        self._reads: deque[str] = deque(maxlen=self.buffer_size)
-        self.access = self._reads.append  # type: ignore[method-assign,assignment]  # hot path
-        self.update = self._reads.append  # type: ignore[method-assign,assignment]
+        self._buffer_reads()
 
     def bind(self, max_items: int | None, max_bytes: int | None,
              sizeof: Callable[[str], int]) -> None:
@@ -154,12 +149,6 @@ class S3FIFOPolicy(EvictionPolicy):
             self._ghost_max = max(1, int(capacity * (1 - self.small_ratio)))
         if self._weigh is not None:  # an overwrite may change the weight
             self.update = self._reweigh  # type: ignore[method-assign]
-
-    def access(self, key: str) -> None:
-        self._reads.append(key)
-
-    def update(self, key: str) -> None:
-        self._reads.append(key)
 
     def _reweigh(self, key: str) -> None:
         self._drain()

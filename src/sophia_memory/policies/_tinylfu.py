@@ -8,10 +8,10 @@ Management" (Middleware 2018); Caffeine's ``BoundedLocalCache`` and ``FrequencyS
 from __future__ import annotations
 
 import random
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
-from ._base import EvictionPolicy
+from ._base import BufferedReads
 from ._sketch import FrequencySketch
 
 __all__ = ["WTinyLFUPolicy"]
@@ -27,7 +27,7 @@ _TRANSFERS = 1000
 _WARM = 6
 
 
-class WTinyLFUPolicy(EvictionPolicy):
+class WTinyLFUPolicy(BufferedReads):
     """Window TinyLFU with hill climbing, as in Caffeine.
 
     New keys enter a small LRU *window*. When the window is full, its oldest key (the
@@ -67,9 +67,7 @@ class WTinyLFUPolicy(EvictionPolicy):
         self._grows = True  # the sketch follows the number of keys (no item bound)
         self.sketch = FrequencySketch(16)
         self._random = random.Random(seed)
-        self._reads: deque[str] = deque(maxlen=self.buffer_size)
-        self.access = self._reads.append  # type: ignore[method-assign,assignment]  # hot path
-        self.update = self._reads.append  # type: ignore[method-assign,assignment]
+        self._buffer_reads()
         self._hits = self._misses = 0
         self._previous_rate = 0.0
         self._sample = self.climb_sample * self.sketch.capacity
@@ -95,12 +93,6 @@ class WTinyLFUPolicy(EvictionPolicy):
             self.update = self._reweigh  # type: ignore[method-assign]
 
     # -- the hooks ---------------------------------------------------------------------------
-
-    def access(self, key: str) -> None:
-        self._reads.append(key)
-
-    def update(self, key: str) -> None:
-        self._reads.append(key)
 
     def insert(self, key: str) -> None:
         if self._reads:
@@ -256,25 +248,14 @@ class WTinyLFUPolicy(EvictionPolicy):
         self.protected_max -= quota
         self.window_max += quota
         self._demote()
-        window, probation, protected = self._window, self._probation, self._protected
-        for _ in range(_TRANSFERS):
-            source = probation
+        probation, protected = self._probation, self._protected
+
+        def source(quota: int) -> OrderedDict[str, int]:
             if not probation or quota < next(iter(probation.values())):
-                source = protected
-            if not source:
-                break
-            key = next(iter(source))
-            weight = source[key]
-            if quota < weight:
-                break
-            quota -= weight
-            del source[key]
-            if source is probation:
-                self._probation_weight -= weight
-            else:
-                self._protected_weight -= weight
-            window[key] = weight
-            self._window_weight += weight
+                return protected
+            return probation
+
+        quota = self._transfer(quota, source, self._window)
         self.protected_max += quota
         self.window_max -= quota
 
@@ -284,18 +265,35 @@ class WTinyLFUPolicy(EvictionPolicy):
             return
         self.protected_max += quota
         self.window_max -= quota
-        window, probation = self._window, self._probation
+        window = self._window
+        quota = self._transfer(quota, lambda quota: window, self._probation)
+        self.protected_max -= quota
+        self.window_max += quota
+
+    def _transfer(self, quota: int, source: Callable[[int], OrderedDict[str, int]],
+                  target: OrderedDict[str, int]) -> int:
+        """Move keys from the head of ``source(quota left)`` to ``target`` while they fit in
+        ``quota`` (at most ``_TRANSFERS`` of them); the quota left."""
         for _ in range(_TRANSFERS):
-            if not window:
+            segment = source(quota)
+            if not segment:
                 break
-            key = next(iter(window))
-            weight = window[key]
+            key = next(iter(segment))
+            weight = segment[key]
             if quota < weight:
                 break
             quota -= weight
-            del window[key]
-            self._window_weight -= weight
-            probation[key] = weight
-            self._probation_weight += weight
-        self.protected_max -= quota
-        self.window_max += quota
+            del segment[key]
+            self._weigh_segment(segment, -weight)
+            target[key] = weight
+            self._weigh_segment(target, weight)
+        return quota
+
+    def _weigh_segment(self, segment: OrderedDict[str, int], delta: int) -> None:
+        if segment is self._window:
+            self._window_weight += delta
+        elif segment is self._probation:
+            self._probation_weight += delta
+        else:
+            self._protected_weight += delta
+
