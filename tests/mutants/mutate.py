@@ -59,6 +59,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", default=SCOPE, help="globs of files to mutate")
     parser.add_argument("--tests", nargs="+", default=TESTS, help="the tests that judge")
+    parser.add_argument("-k", "--keyword", dest="keyword",
+                        help="only the tests matching this pytest -k expression")
     parser.add_argument("--report", type=Path, help="write the score and survivors here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--workers", type=int,
@@ -73,7 +75,8 @@ def main() -> int:
         # tests/mutants/ is not copied (no stray mutants/ tree): the plugin goes by itself
         shutil.copy2(ROOT / "tests/mutants/pytest_compat.py",
                      work / "tests/mutmut_pytest_compat.py")
-        (work / "setup.cfg").write_text(setup_cfg(args.only, args.tests))
+        tests = [*args.tests, "-k", args.keyword] if args.keyword else args.tests
+        (work / "setup.cfg").write_text(setup_cfg(args.only, tests))
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         mutmut = [sys.executable, "-m", "mutmut"]
         workers = ["--max-children", str(args.workers)] if args.workers else []
@@ -106,7 +109,8 @@ def main() -> int:
                 diffs.append(f"### {name}\n\n```diff\n{show.stdout.strip()}\n```\n")
             args.report.write_text(
                 f"# Mutation run ({datetime.date.today()}, mutmut)\n\n"
-                f"Mutated: {', '.join(args.only)}\n\nJudged by: {' '.join(args.tests)}\n\n"
+                f"Mutated: {', '.join(args.only)}\n\nJudged by: {' '.join(args.tests)}"
+                + (f" (`-k {args.keyword}`)" if args.keyword else "") + "\n\n"
                 f"Score: **{score}** ({killed} detected, killed or hung, of {judged}; every "
                 f"outcome: {counts})\n\n"
                 "## Survivors\n\n" + ("\n".join(diffs) or "none\n"))

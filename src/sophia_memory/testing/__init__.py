@@ -10,6 +10,9 @@
 * :class:`MemoryStateMachine` - a Hypothesis state machine of a whole tiered
   :class:`~sophia_memory.Memory` against a dict model; subclass it with your own
   ``make_memory`` (``Memory.open(...)`` over your backends).
+* :class:`ConcurrentMemoryStateMachine` - a state machine whose steps keep several operations
+  in flight at once (over gated backends), the history checked for linearizability whenever
+  nothing is in flight.
 * :func:`check_history` and :class:`HistoryRecorder` - a linearizability checker for per-key
   register histories and a recorder of concurrent clients of a ``Memory``.
 * :class:`GatedBackend` (``gated://name``) - an in-process backend whose calls suspend where a
@@ -18,7 +21,8 @@
   "elsewhere" to the engine's invalidation listener, as Redis key tracking does.
 
 The suite needs ``pytest`` and ``pytest-asyncio`` (``asyncio_mode = "auto"``);
-:class:`MemoryStateMachine` needs ``hypothesis`` and is imported only when first used.
+:class:`MemoryStateMachine` and :class:`ConcurrentMemoryStateMachine` need ``hypothesis`` and
+are imported only when first used.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -40,6 +44,7 @@ from .linearizability import (
 )
 
 if TYPE_CHECKING:
+    from .concurrent import ConcurrentMemoryStateMachine
     from .memory import MemoryStateMachine
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "UNKNOWN",
     "BackendTests",
     "CheckResult",
+    "ConcurrentMemoryStateMachine",
     "Gate",
     "GatedBackend",
     "HistoryRecorder",
@@ -70,4 +76,8 @@ def __getattr__(name: str) -> Any:
         from .memory import MemoryStateMachine
 
         return MemoryStateMachine
+    if name == "ConcurrentMemoryStateMachine":
+        from .concurrent import ConcurrentMemoryStateMachine
+
+        return ConcurrentMemoryStateMachine
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
