@@ -7,10 +7,17 @@ whose CORTEX, PERSISTENT and WORKFLOW are gated backends that yield a seeded ran
 times around every call: operations of four clients suspend inside the engine while others
 start, finish, flush, spill and promote. The history must be linearizable per key whenever
 nothing is in flight.
+
+A second machine puts SESSION on the real Redis server (a fresh prefix per run, removed
+after): there reads and promotions into SESSION suspend on the network as well.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
+
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize
@@ -18,6 +25,9 @@ from hypothesis.stateful import initialize
 from sophia_memory import Memory, Tier
 from sophia_memory.policies import POLICY_NAMES
 from sophia_memory.testing import ConcurrentMemoryStateMachine, reset_gated
+
+from .conftest import drop_prefix, real_redis_or_skip
+from .test_redis_state_machine import _redis_reachable
 
 GATED = {Tier.CORTEX: "cc", Tier.PERSISTENT: "cp", Tier.WORKFLOW: "cw"}
 
@@ -48,9 +58,46 @@ class GatedConcurrentMachine(ConcurrentMemoryStateMachine):
             reset_gated()
 
 
-GatedConcurrentMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=30, deadline=None, derandomize=True,
-    database=None, suppress_health_check=[HealthCheck.too_slow])
+class RedisConcurrentMachine(ConcurrentMemoryStateMachine):
+    """SESSION on the real Redis (unbounded there: no eviction, but promotion into it)."""
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+    def make_memory(self) -> Memory:
+        reset_gated()
+        self.prefix = f"smcc:{uuid.uuid4().hex}:"
+        sep = "&" if "?" in self.url else "?"
+        tiers: dict[Tier, str | None] = {Tier.GPU: None, Tier.VECTOR: None,
+                                         Tier.SESSION: f"{self.url}{sep}prefix={self.prefix}"}
+        for i, (tier, name) in enumerate(GATED.items()):
+            tiers[tier] = f"gated://{name}?yields=3&seed={self.seed + i}"
+        return Memory.open(tiers=tiers, clock=self.clock, purge_interval=0)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            reset_gated()
+            if self.mem is not None:
+                self._drop()
+
+    def _drop(self) -> None:
+        import asyncio
+
+        async def drop() -> None:
+            client = await real_redis_or_skip(self.url)
+            try:
+                await drop_prefix(client, self.prefix)
+            finally:
+                await client.aclose()
+
+        asyncio.run(drop())
+
+
+SETTINGS = settings(max_examples=150, stateful_step_count=30, deadline=None, derandomize=True,
+                    database=None, suppress_health_check=[HealthCheck.too_slow])
+GatedConcurrentMachine.TestCase.settings = SETTINGS
+RedisConcurrentMachine.TestCase.settings = settings(SETTINGS, max_examples=40)
 
 
 class TestGatedConcurrent(GatedConcurrentMachine.TestCase):
@@ -64,3 +111,16 @@ class TestGatedConcurrent(GatedConcurrentMachine.TestCase):
                      "several in flight"):
             assert seen[name] > 0, (name, dict(seen))
         assert seen["most in flight"] == GatedConcurrentMachine.clients
+
+
+@pytest.mark.redis
+def test_with_session_on_real_redis_operations_overlap_and_stay_linearizable() -> None:
+    reason = _redis_reachable()
+    if reason:
+        pytest.skip(reason)
+    RedisConcurrentMachine.exercised.clear()
+    RedisConcurrentMachine.TestCase().runTest()
+    seen = RedisConcurrentMachine.exercised
+    print(dict(seen))
+    for name in ("promotions", "hits", "reads during writes", "several in flight"):
+        assert seen[name] > 0, (name, dict(seen))

@@ -33,6 +33,7 @@ from sophia_memory.testing import (
     HistoryRecorder,
     RecordingClient,
     gate,
+    gated_data,
     reset_gated,
 )
 from sophia_memory.testing.memory import exercised
@@ -300,3 +301,37 @@ async def test_an_overwritten_value_does_not_come_back_after_a_restart() -> None
             assert await mem.get("j") == "j1"  # spilled to a durable tier: kept
     finally:
         reset_gated()
+
+
+async def test_get_many_during_a_put_to_a_faster_home_never_misses_the_key() -> None:
+    """Found by the concurrent state machine: ``get_many`` passes SESSION (the key is not
+    there: it spilled to CORTEX), and while its CORTEX read is held a put of the key to
+    SESSION lands and removes the spilled copy below. The read then misses in CORTEX and
+    must be done again from the fastest tier (where the new value now is), not only from
+    the slower tiers: a miss would say the key was absent, which it never was. (The read
+    also asks for ``x``, found nowhere: the hold names ``x`` so that the put's own reads of
+    CORTEX pass.)"""
+    for point in ("before", "after"):
+        reset_gated()
+        mem = open_memory(session_items=1)
+        try:
+            rec = HistoryRecorder(mem)
+            w, r = rec.client("w"), rec.client("r")
+            await w.put("k", "old", tier=S)
+            await w.put("j", "j1", tier=S)  # k is evicted and spills to CORTEX
+            await w.flush()
+            assert gated_data("lc")["k"] is not None
+            g = gate("lc")
+            g.hold("get_many", "x", point)
+            read = asyncio.ensure_future(r.get_many(["j", "k", "x"]))
+            assert await g.wait_blocked("get_many", "x", point, unless=read)
+            await w.put("k", "new", tier=S)  # lands in SESSION, removes the copy in CORTEX
+            assert "k" not in gated_data("lc")
+            g.release("get_many", "x", point)
+            got = await read
+            assert got.get("k") in ("old", "new"), (point, got)
+            result = rec.check()
+            assert result.ok, result.report
+        finally:
+            await mem.close()
+            reset_gated()

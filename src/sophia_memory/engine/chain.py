@@ -101,12 +101,44 @@ class TierChain:
     async def lookup_many(self, keys: list[str]) -> dict[str, Any]:
         """Values for the keys found; each tier is asked once for all keys still missing."""
         now = self.now()
-        gens = self.order.gens
         found: dict[str, Any] = {}
+        remaining = self._near_many(keys, found, now)
+        if not remaining:
+            return found
+        # What the slower tiers answer is checked as in lookup(), per key against the
+        # generations noted here; when no write was in progress anywhere and none began or
+        # ended meanwhile (the order's epoch), there is nothing to check.
+        order, gens = self.order, self.order.gens
+        epoch, quiet = order.epoch, not order.active
+        seen = None if quiet and not self.promoting else \
+            {k: gens[hash(k) & MASK] for k in remaining}
+        await self._remote_many(remaining, found, now, seen)
+        if quiet and order.epoch == epoch:
+            return found
+        if seen is None:
+            redo = remaining
+        else:
+            redo = [k for k in remaining if gens[hash(k) & MASK] != seen[k] or seen[k] & 1]
+        if redo:
+            # A write ran meanwhile: read these again holding them, from the fastest tier:
+            # the write may have put the key in a faster tier (an in-process home) that this
+            # read had already passed, and removed the copy it then missed below.
+            for k in redo:
+                found.pop(k, None)
+            async with order.holding(redo):
+                now = self.now()
+                rest = self._near_many(redo, found, now)
+                if rest:
+                    await self._remote_many(rest, found, now, None)
+        return found
+
+    def _near_many(self, keys: list[str], found: dict[str, Any], now: float) -> list[str]:
+        """The in-process tiers' and the spill buffer's part of lookup_many, in one
+        synchronous step: hits go into ``found``; the keys still missing are returned."""
         remaining = keys  # a key asked twice is looked up twice here, once below
         for near in self.local:
             if not remaining:
-                return found
+                return remaining
             resident = near.resident
             if not resident:  # an empty tier (often the GPU pools): nothing to look at
                 near.stats.misses += len(remaining)
@@ -139,28 +171,7 @@ class TierChain:
                 else:
                     found[k] = entry.value
             remaining = rest
-        if not remaining:
-            return found
-        # What the slower tiers answer is checked as in lookup(), per key against the
-        # generations noted here; when no write was in progress anywhere and none began or
-        # ended meanwhile (the order's epoch), there is nothing to check.
-        order = self.order
-        epoch, quiet = order.epoch, not order.active
-        seen = None if quiet and not self.promoting else \
-            {k: gens[hash(k) & MASK] for k in remaining}
-        await self._remote_many(remaining, found, now, seen)
-        if quiet and order.epoch == epoch:
-            return found
-        if seen is None:
-            redo = remaining
-        else:
-            redo = [k for k in remaining if gens[hash(k) & MASK] != seen[k] or seen[k] & 1]
-        if redo:  # a write ran meanwhile: read these again holding them
-            for k in redo:
-                found.pop(k, None)
-            async with order.holding(redo):
-                await self._remote_many(redo, found, self.now(), None)
-        return found
+        return remaining
 
     async def _remote_many(self, remaining: list[str], found: dict[str, Any], now: float,
                            seen: dict[str, int] | None) -> None:
