@@ -106,6 +106,11 @@ class Spiller:
         source.stats.spills += 1
         for target in self.chain[source.index + 1:]:
             if isinstance(target, InProcessTier):
+                held = target.peek(key)
+                if held is not None and held.home and held.version > rec.version:
+                    # A later write's item (a put there still removing older copies): the
+                    # evicted item is superseded, and must not overwrite it.
+                    return
                 moved = Record(rec.payload, rec.expires_at, True, rec.size, rec.version,
                                rec.created_at, rec.extra)
                 try:

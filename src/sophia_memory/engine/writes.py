@@ -90,7 +90,7 @@ class Writer:
         home.stats.puts += 1
         if spiller.buffer:
             entry = spiller.buffer.get(key)
-            if entry is not None and entry.record is not rec:
+            if entry is not None and not _same_item(entry.record, rec):
                 spiller.take(key)
         for tier in self.local_promoted_below[home.index]:
             if key in tier.resident:
@@ -282,11 +282,13 @@ class Writer:
         return rec, value
 
     def _take_older(self, records: dict[str, Record]) -> None:
-        """Remove items in transit that hold an older value of ``records``' keys."""
+        """Remove items in transit that hold an older value of ``records``' keys (not this
+        write's own, which may have reached the buffer through a spill into an in-process
+        tier below, as a new record of the same item)."""
         buffer = self.spiller.buffer
         for k, rec in records.items():
             entry = buffer.get(k)
-            if entry is not None and entry.record is not rec:
+            if entry is not None and not _same_item(entry.record, rec):
                 self.spiller.take(k)
 
     async def _drop_spilled(self, masks: dict[str, int], home: TierHandle,
@@ -303,9 +305,8 @@ class Writer:
                     spiller.forget(k, tier.index)  # replaced here, or cleared by step 3
                     continue
                 if isinstance(tier, InProcessTier):
-                    rec, mine = tier.peek(k), records[k]
-                    if rec is not None and rec.payload is mine.payload \
-                            and rec.version == mine.version:
+                    rec = tier.peek(k)
+                    if rec is not None and _same_item(rec, records[k]):
                         continue  # this write's own item, spilled by its own batch
                     tier.pop_nowait(k)
                     spiller.forget(k, tier.index)
@@ -452,6 +453,12 @@ class Writer:
                     tier.stale.discard(key)
         finally:
             tier.draining = False
+
+
+def _same_item(rec: Record, mine: Record) -> bool:
+    """``rec`` is the item ``mine`` was written as, or a spill's record of it (a spill into
+    an in-process tier makes a new record of the same payload and version)."""
+    return rec is mine or (rec.payload is mine.payload and rec.version == mine.version)
 
 
 def _is_copy(rec: Record) -> bool:
