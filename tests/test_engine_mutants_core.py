@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from sophia_memory import (
     ManualClock,
     Memory,
     Record,
+    SophiaMemoryError,
     Tier,
     TierUnavailableError,
 )
@@ -699,3 +701,246 @@ async def test_stats_report_the_key_order_and_the_loads_in_flight(clock: ManualC
         finish.set()
         assert await loading == 7
         assert mem.stats()["loads"] == {"loading": 0}
+
+
+# -- the guard of a remote tier's call (handles) --------------------------------------------------
+
+
+class StuckBackend(PlainBackend):
+    """A remote backend with a deadline (``call_timeout`` real seconds) whose reads never
+    finish, and which says its server kept answering; records the windows it was asked
+    about."""
+
+    scheme = "stuckmut"
+    call_timeout = 0.05
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.asked: list[float] = []
+        self.never = asyncio.Event()
+
+    def answered_within(self, seconds: float) -> bool:
+        self.asked.append(seconds)
+        return True
+
+    async def get(self, key: str, now: float) -> Record | None:
+        await self.never.wait()  # only the guard's deadline ends this
+        return None
+
+
+def _open_stuck(url: BackendURL, tier: Tier, config: Any) -> Backend:
+    backend = PLAIN[url.netloc] = StuckBackend(url.netloc)
+    return backend
+
+
+register("stuckmut", _open_stuck)
+
+
+async def test_a_call_past_its_deadline_while_the_server_answers_is_reported_as_overload(
+        clock: ManualClock) -> None:
+    """A call cut off by its deadline (which always expires here) while the backend says its
+    server kept answering: the backend is asked about the tier's own deadline, and the caller
+    gets TierUnavailableError naming the tier with the whole overload reason; the breaker
+    stays closed."""
+    async with opened(clock, breaker_threshold=1,
+                      tiers=tiers(SESSION="memory://", CORTEX="stuckmut://st")) as mem:
+        slot = mem._core.by_tier[Tier.CORTEX]
+        with pytest.raises(TierUnavailableError) as err:
+            await slot.get("k", 0.0)  # type: ignore[union-attr]
+        assert err.value.tier is Tier.CORTEX
+        assert err.value.reason == (
+            "timed out after 0.05s waiting behind other calls (overloaded: more calls in "
+            "flight than it answers within the deadline; not counted toward the breaker)")
+        assert PLAIN["st"].asked == [0.05]
+        stats = mem.stats()["tiers"]["CORTEX"]
+        assert (stats["breaker"], stats["errors"]) == ("closed", 1)
+
+
+async def test_a_guarded_call_passes_keyword_arguments_on(clock: ManualClock) -> None:
+    """``RemoteTier.call(fn, *args, **kwargs)`` calls ``fn`` with both the positional and
+    the keyword arguments."""
+    async with opened(clock, tiers=tiers(SESSION="memory://", CORTEX="plainmut://kw")) as mem:
+        slot = mem._core.by_tier[Tier.CORTEX]
+
+        async def echo(a: int, *, b: int) -> tuple[int, int]:
+            return a, b
+
+        assert await slot.call(echo, 1, b=2) == (1, 2)  # type: ignore[union-attr]
+
+
+async def test_write_health_is_restored_by_a_write_only(clock: ManualClock) -> None:
+    """Refused writes count toward the write breaker until a write succeeds: a successful
+    write starts the count again, a successful read does not."""
+    async with opened(clock, breaker_threshold=2, promote=False,
+                      tiers=tiers(SESSION="memory://", CORTEX="plainmut://wh")) as mem:
+        await mem.put("r", "kept", tier=Tier.CORTEX)
+        backend = PLAIN["wh"]
+
+        def refuse() -> None:
+            backend.fail["put"] = lambda: OSError(errno.ENOSPC, "No space left on device")
+
+        def health() -> str:
+            return str(mem.stats()["tiers"]["CORTEX"]["write_breaker"])
+
+        refuse()
+        with pytest.raises(TierUnavailableError):
+            await mem.put("k", 1, tier=Tier.CORTEX)
+        del backend.fail["put"]
+        await mem.put("k", 1, tier=Tier.CORTEX)  # a write succeeds: the count starts again
+        refuse()
+        with pytest.raises(TierUnavailableError):
+            await mem.put("k", 2, tier=Tier.CORTEX)
+        assert health() == "closed"  # one refused write since the last good one
+        assert await mem.get("r") == "kept"  # a read succeeds: the count goes on
+        with pytest.raises(TierUnavailableError):
+            await mem.put("k", 3, tier=Tier.CORTEX)
+        assert health() == "open"
+
+
+async def test_a_call_of_a_callable_without_a_name_is_guarded_as_a_read(
+        clock: ManualClock) -> None:
+    """A callable with no ``__name__`` (a ``functools.partial``) is not one of the writes:
+    it is let through while the write breaker is open, and its success leaves the write
+    health as it was."""
+    async with opened(clock, breaker_threshold=1, promote=False,
+                      tiers=tiers(SESSION="memory://", CORTEX="plainmut://nn")) as mem:
+        await mem.put("r", "kept", tier=Tier.CORTEX)
+        backend = PLAIN["nn"]
+        (full,) = backend.data
+        backend.fail["put"] = lambda: OSError(errno.ENOSPC, "No space left on device")
+        with pytest.raises(TierUnavailableError):
+            await mem.put("k", 1, tier=Tier.CORTEX)
+        slot = mem._core.by_tier[Tier.CORTEX]
+        read = functools.partial(backend.get, full)
+        assert not hasattr(read, "__name__")
+        rec = await slot.call(read, clock.time())  # type: ignore[union-attr]
+        assert rec is backend.data[full]
+        stats = mem.stats()["tiers"]["CORTEX"]
+        assert (stats["write_breaker"], stats["breaker"]) == ("open", "closed")
+
+
+# -- flushing and closing (core) ----------------------------------------------------------------
+
+
+async def test_a_closed_memory_refuses_calls(clock: ManualClock) -> None:
+    """After ``close()`` the memory refuses reads and writes (SophiaMemoryError: closed)."""
+    mem = Memory.open(clock=clock, purge_interval=0, tiers=tiers(SESSION="memory://"))
+    await mem.put("k", 1)
+    await mem.close()
+    with pytest.raises(SophiaMemoryError, match="closed"):
+        await mem.get("k")
+    with pytest.raises(SophiaMemoryError, match="closed"):
+        await mem.put("k", 2)
+
+
+async def test_close_goes_past_a_backend_whose_close_fails(clock: ManualClock) -> None:
+    """A backend whose ``close`` raises does not make ``Memory.close`` raise, nor stop the
+    backends after it from being closed."""
+    CLOSE_ERRORS["cf"] = RuntimeError("cannot close")
+    mem = Memory.open(clock=clock, purge_interval=0, tiers=tiers(
+        SESSION="memory://", CORTEX="plainmut://cf", PERSISTENT="plainmut://after"))
+    await mem.close()
+    assert not PLAIN["cf"].closed
+    assert PLAIN["after"].closed
+
+
+async def _stale_on_cortex(mem: Memory, fail: Callable[[], None]) -> None:
+    """Put ``a`` and ``b`` on CORTEX and make it miss their deletion (``fail`` makes its
+    next batch read fail with the tier's fault)."""
+    await mem.put_many({"a": 1, "b": 2}, tier=Tier.CORTEX)
+    fail()
+    with pytest.raises(TierUnavailableError):
+        await mem.delete_many(["a", "b"])
+
+
+async def test_flush_waits_for_a_failed_replay_without_raising_its_error(
+        clock: ManualClock) -> None:
+    """``flush()`` runs the pending replay of missed deletes and waits for it; a replay
+    that fails (here: the tier refuses the request) does not make ``flush()`` raise, and the
+    keys stay skipped on that tier."""
+    async with opened(clock, promote=False,
+                      tiers=tiers(SESSION="memory://", CORTEX="plainmut://fr")) as mem:
+        backend = PLAIN["fr"]
+
+        def lost() -> None:
+            backend.fail["get"] = lambda: ConnectionError("lost")
+
+        await _stale_on_cortex(mem, lost)
+        backend.fail["get"] = lambda: ValueError("refused")
+        await mem.flush()
+        assert mem._core.by_tier[Tier.CORTEX].stale == {"a", "b"}  # type: ignore[union-attr]
+        del backend.fail["get"]
+        assert await mem.get("a") is None
+
+
+async def test_a_close_cancelled_while_it_flushes_is_cancelled(clock: ManualClock) -> None:
+    """``close()`` cancelled while it waits for background work ends cancelled (the
+    cancellation is not turned into another error); a later ``close()`` finishes."""
+    mem = Memory.open(clock=clock, purge_interval=0, promote=False,
+                      tiers=tiers(SESSION="memory://", CORTEX="gated://cc"))
+    g = gate("cc")
+    try:
+        await _stale_on_cortex(mem, lambda: g.fail("get_many"))
+        g.hold("get_many")  # the replay's read waits
+        closing = asyncio.ensure_future(mem.close())
+        await settle()
+        assert not closing.done()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    finally:
+        g.release_all()
+        await mem.close()
+    with pytest.raises(SophiaMemoryError, match="closed"):
+        await mem.get("a")
+
+
+async def test_flush_also_waits_for_the_spills_promotions_cause(clock: ManualClock) -> None:
+    """A promotion done while ``flush()`` waits for the promotions evicts an item whose home
+    is SESSION, so it must spill: ``flush()`` returns only once that spill is done too (the
+    item is then on CORTEX and nothing is left in the spill buffer)."""
+    async with opened(clock, tiers=tiers(SESSION="memory://?max_items=1",
+                                         CORTEX="gated://ml")) as mem:
+        g = gate("ml")
+        await mem.put("b", "B", tier=Tier.CORTEX)
+        await mem.put("a", "A", tier=Tier.SESSION)
+        lock = mem._core.order.locks[KeyOrder.stripe(mem._prefix + "b")]
+        await lock.acquire()  # b's promotion waits for its key
+        try:
+            assert await mem.get("b") == "B"  # queues b's promotion into SESSION
+            g.hold(["put", "put_many"])  # the spill's write to CORTEX waits
+            flushing = asyncio.ensure_future(mem.flush())
+            await settle()
+            assert not flushing.done()
+        finally:
+            lock.release()  # the promotion evicts a: it spills
+        await settle()
+        assert not flushing.done()  # waiting for the spill
+        g.release_all()
+        await flushing
+        assert mem.stats()["spill"]["items"] == 0
+        assert await tier_of(mem, "a") is Tier.CORTEX
+
+
+async def test_flush_waits_for_spills_queued_while_it_waited_for_a_replay(
+        clock: ManualClock) -> None:
+    """Once ``flush()`` returns, nothing is left to spill: a spill queued while it waited
+    for the background replay of missed deletes is waited for too."""
+    async with opened(clock, promote=False, tiers=tiers(
+            SESSION="memory://?max_items=1", CORTEX="gated://mw")) as mem:
+        g = gate("mw")
+        await _stale_on_cortex(mem, lambda: g.fail("get_many"))
+        await mem.put("x", "X", tier=Tier.SESSION)
+        g.hold("get_many")
+        g.hold(["put", "put_many"])
+        flushing = asyncio.ensure_future(mem.flush())
+        await settle()
+        assert not flushing.done()  # waiting for the replay's read
+        await mem.put("y", "Y", tier=Tier.SESSION)  # x spills; its write to CORTEX waits
+        g.release("get_many")
+        await settle()
+        assert not flushing.done()
+        g.release_all()
+        await flushing
+        assert mem.stats()["spill"]["items"] == 0
+        assert await tier_of(mem, "x") is Tier.CORTEX

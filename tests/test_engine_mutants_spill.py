@@ -914,3 +914,211 @@ async def test_a_put_waits_only_while_the_spill_buffer_is_over_its_bound(
         await mem.flush()
         assert mem.stats()["spill"]["waits"] == 2
         assert mem.stats()["spill"]["items"] == 0
+
+
+# -- more of the spiller's and the promoter's contracts -----------------------------------------
+
+
+def test_an_item_in_transit_is_by_default_its_source_tiers_own(clock: ManualClock) -> None:
+    """An item in transit records the tier it was put to: its source, unless told otherwise
+    (an item that came to the source by a spill itself)."""
+    mem = open_memory(clock)
+    session, cortex = mem._core.by_tier[Tier.SESSION], mem._core.by_tier[Tier.CORTEX]
+    target = mem._core.by_tier[Tier.PERSISTENT]
+    assert isinstance(session, InProcessTier) and isinstance(cortex, InProcessTier)
+    rec = Record("v", None, True, 3, 1, 0.0, {})
+    assert spill_module.Pending("v", rec, cortex, target).origin == cortex.index  # type: ignore[arg-type]
+    assert spill_module.Pending("v", rec, cortex, target,  # type: ignore[arg-type]
+                                session.index).origin == session.index
+    asyncio.run(mem.close())
+
+
+class Reencoding:
+    """A codec that would now encode every value to other bytes than the stored ones."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.name = codec.name
+
+    def encode(self, value: Any) -> bytes:
+        return b"re-encoded"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.codec, name)
+
+
+async def test_a_promotion_between_slow_tiers_copies_the_stored_bytes_as_they_are(
+        clock: ManualClock) -> None:
+    """A hit in a slow tier promoted into a slow SESSION tier is copied as the bytes stored,
+    not encoded again."""
+    async with open_promoting(clock, "gated://ss") as mem:
+        await mem.put("k", {"a": 1}, tier=Tier.PERSISTENT)
+        mem._core.promoter.codec = Reencoding(mem._core.promoter.codec)  # type: ignore[assignment]
+        assert await mem.get("k") == {"a": 1}
+        await mem.flush()
+        assert gated_data("ss")["k"].payload == gated_data("pp")["k"].payload
+        assert mem.stats()["promotion"]["done"] == 1
+
+
+async def test_a_promotion_the_slow_gpu_tier_fails_still_goes_to_session(
+        clock: ManualClock) -> None:
+    """An array's promotion into a slow GPU tier that fails still copies it into SESSION."""
+    async with open_promoting(clock, "gated://ss", gpu="gated://gg") as mem:
+        await mem.put("arr", np.arange(3.0), tier=Tier.PERSISTENT)
+        gate("gg").fail(["put"], "arr")
+        for _ in range(2):
+            assert np.array_equal(await mem.get("arr"), np.arange(3.0))
+            await mem.flush()
+        assert "arr" not in gated_data("gg")
+        assert "arr" in gated_data("ss") and not gated_data("ss")["arr"].home
+        assert mem.stats()["promotion"]["done"] == 1
+
+
+class Abort(BaseException):
+    """Not an Exception: nothing may swallow it on the way out."""
+
+
+async def test_closing_the_promoter_lets_through_what_is_not_an_exception(
+        clock: ManualClock) -> None:
+    """A promotion worker that died of a BaseException that is not an Exception passes it
+    on when the promoter is closed (only errors are suppressed there)."""
+    async with open_promoting(clock, "gated://ss") as mem:
+        backend = mem._core.by_tier[Tier.SESSION].backend
+
+        async def aborting(key: str, record: Record) -> None:
+            raise Abort
+
+        backend.put = aborting  # type: ignore[method-assign]
+        await mem.put("k", 1, tier=Tier.PERSISTENT)
+        assert await mem.get("k") == 1
+        promoter = mem._core.promoter
+        worker = promoter.worker
+        assert worker is not None
+        await asyncio.wait([worker])
+        with pytest.raises(Abort):
+            await promoter.close()
+        promoter.worker = None  # its outcome is retrieved: the memory closes as usual
+
+
+def sharing_a_stripe(key: str, *, avoid: tuple[str, ...] = ()) -> str:
+    """Another key in ``key``'s stripe of the key order (a writer of it holds ``key``)."""
+    i = 0
+    while True:
+        other = f"mate{i}"
+        if (other != key and other not in avoid
+                and KeyOrder.stripe(other) == KeyOrder.stripe(key)):
+            return other
+        i += 1
+
+
+async def test_a_failing_tier_does_not_hold_back_the_items_bound_for_another(
+        clock: ManualClock) -> None:
+    """One round of the spiller has y (redirected to WORKFLOW after PERSISTENT failed it)
+    and x (bound for PERSISTENT). PERSISTENT fails x too: y is still written to WORKFLOW in
+    that round, on its own, and x follows it there in the next."""
+    y, x, last = apart(3)
+    w = sharing_a_stripe(y, avoid=(x, last))
+    async with open_memory(clock, cortex=1) as mem:
+        sp, sw = gate("sp"), gate("sw")
+        await mem.put(y, "vy", tier=Tier.CORTEX)
+        sp.fail(["put", "put_many"], y)
+        sp.hold("put", w)
+        writer = asyncio.ensure_future(mem.put(w, "vw", tier=Tier.PERSISTENT))
+        try:
+            assert await sp.wait_blocked("put", w, unless=writer)  # holds y's stripe
+            await mem.put(x, "vx", tier=Tier.CORTEX)  # evicts y into the buffer
+            for _ in range(20):  # the spiller takes y and waits for its stripe
+                await asyncio.sleep(0)
+            await mem.put(last, "vl", tier=Tier.CORTEX)  # evicts x into the buffer
+            sp.fail(["put", "put_many"], x)
+        finally:
+            sp.release_all()
+        await writer
+        await mem.flush()
+        assert [c for c in sw.log if c[0] in ("put", "put_many")] == [
+            ("put", (y,)), ("put", (x,))]
+        assert await mem.get(y) == "vy" and await mem.get(x) == "vx"
+        assert mem.stats()["spill"]["dropped"] == {}
+
+
+async def test_an_unencodable_item_does_not_hold_back_the_items_bound_for_another_tier(
+        clock: ManualClock) -> None:
+    """One round of the spiller has y (redirected to WORKFLOW after PERSISTENT failed it)
+    and x (bound for PERSISTENT, no longer encodable). x is dropped, and y is still written
+    to WORKFLOW in that round: before z, evicted while x's drop was under way, is written in
+    the next round."""
+    y, x, z, z2, z3, o, o2, o3 = apart(8)
+    w = sharing_a_stripe(y, avoid=(x, z, z2, z3, o, o2, o3))
+    async with open_memory(clock, session=1, cortex=2) as mem:
+        sp = gate("sp")
+        value: list[Any] = [1]
+        await mem.put(x, "low", tier=Tier.CORTEX)
+        await mem.put(x, value, tier=Tier.SESSION)  # low stays CORTEX's own item
+        await mem.put(o, "o", tier=Tier.CORTEX)
+        await mem.put(o2, "o2", tier=Tier.CORTEX)  # low spills to PERSISTENT
+        await mem.flush()
+        await mem.put(y, "vy", tier=Tier.CORTEX)  # o spills
+        await mem.put(o3, "o3", tier=Tier.SESSION)  # SESSION's x into CORTEX, o2 spills
+        await mem.flush()
+        assert spiller_of(mem).copies[x] == 0b110
+        sp.fail(["put", "put_many"], y)
+        sp.hold("put", w)
+        writer = asyncio.ensure_future(mem.put(w, "vw", tier=Tier.PERSISTENT))
+        try:
+            assert await sp.wait_blocked("put", w, unless=writer)  # holds y's stripe
+            await mem.put(z, "vz", tier=Tier.CORTEX)  # evicts y into the buffer
+            for _ in range(20):  # the spiller takes y and waits for its stripe
+                await asyncio.sleep(0)
+            await mem.put(z2, "vz2", tier=Tier.CORTEX)  # evicts x into the buffer
+            value.append({1, 2})  # a set: the codec cannot store it
+            sp.hold("get_many", x)  # the removal of low, when x is dropped
+            sp.release("put", w)
+            assert await sp.wait_blocked("get_many", x)
+            await mem.put(z3, "vz3", tier=Tier.CORTEX)  # evicts z into the buffer
+            sp.hold("put", z)
+            sp.release("get_many", x)
+            assert await sp.wait_blocked("put", z)
+            assert y in gated_data("sw"), "y waited for a later round"
+        finally:
+            sp.release_all()
+        await writer
+        await mem.flush()
+        assert await mem.get(x) is None
+        assert await mem.get(y) == "vy" and await mem.get(z) == "vz"
+        assert mem.stats()["spill"]["dropped"] == {"cannot be encoded: UnsupportedValueError": 1}
+
+
+def open_pooled(clock: ManualClock, *, gpu: str | None, session: str) -> Memory:
+    """Promotion into pooled tiers: pools "small" (1 KiB) and "big" (64 KiB)."""
+    return Memory.open(clock=clock, purge_interval=0, gpu_reserve=0,
+                       gpu_pools={"small": "1KiB", "big": "64KiB"}, tiers={
+                           Tier.GPU: gpu, Tier.SESSION: session, Tier.CORTEX: None,
+                           Tier.PERSISTENT: "gated://pp", Tier.VECTOR: None,
+                           Tier.WORKFLOW: None})
+
+
+async def test_an_array_its_gpu_pool_refuses_is_still_promoted_to_session(
+        clock: ManualClock) -> None:
+    """An array of a named pool (as an item spilled down from GPU carries) that the GPU's
+    default pool could hold but its own pool cannot: the GPU refuses it, SESSION gets it."""
+    async with open_pooled(clock, gpu="host://?memory=1MiB&default_pool=big",
+                           session="memory://") as mem:
+        await mem.put("a", np.zeros(1024), tier=Tier.PERSISTENT, meta={"pool": "small"})
+        for _ in range(2):
+            assert (await mem.get("a")) is not None
+            await mem.flush()
+        assert await mem.keys(Tier.GPU) == []
+        assert await mem.keys(Tier.SESSION) == ["a"]
+        assert mem.stats()["promotion"]["done"] == 1
+
+
+async def test_a_copy_goes_into_the_pool_its_item_names(clock: ManualClock) -> None:
+    """A pooled SESSION tier takes a copy its item's own pool holds, even when its default
+    pool could not."""
+    async with open_pooled(clock, gpu=None,
+                           session="host://?memory=1MiB&default_pool=small") as mem:
+        await mem.put("a", np.zeros(1024), tier=Tier.PERSISTENT, meta={"pool": "big"})
+        assert (await mem.get("a")) is not None
+        await mem.flush()
+        assert await mem.keys(Tier.SESSION) == ["a"]
+        assert tier_stats(mem, Tier.SESSION)["promotions"] == 1

@@ -24,7 +24,7 @@ from sophia_memory._logging import RateLimited
 from sophia_memory.backends import BackendURL, register
 from sophia_memory.engine import writes
 from sophia_memory.engine.ordering import MASK
-from sophia_memory.errors import BackendError, InvalidArgumentError
+from sophia_memory.errors import BackendError, InvalidArgumentError, VersionConflictError
 from sophia_memory.testing import gate, gated_data, reset_gated
 from sophia_memory.testing.gated import GatedBackend
 from sophia_memory.tiers import Record, next_version
@@ -352,6 +352,44 @@ async def test_a_session_put_is_not_overwritten_by_gpus_older_item_spilling_mean
         await mem.flush()
         assert await mem.get("k") == "s2"
         assert "k" not in await mem.keys(Tier.CORTEX)
+
+
+async def test_a_session_put_in_transit_is_not_shadowed_by_gpus_older_item(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """Regression: while a put to SESSION is still removing an older spilled copy from
+    CORTEX, SESSION evicts the new value (in transit to CORTEX) and then GPU evicts its older
+    item of the key: that item is superseded and must not land in SESSION over the value in
+    transit."""
+    stripe = hash("k") & MASK
+    others = [c for i in range(10_000) if hash(c := f"o{i}") & MASK != stripe][:6]
+    tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=4KiB",
+                                     Tier.SESSION: "memory://?max_items=2",
+                                     Tier.CORTEX: "gated://tr"}
+    async with _open(tmp_path, clock, "transit", tiers) as mem:
+        await mem.put("k", "s0", tier=Tier.SESSION)
+        await mem.put("k", np.full(8, 1.0), tier=Tier.GPU)  # shadows SESSION's s0
+        for o in others[:3]:
+            await mem.put(o, 0, tier=Tier.SESSION)  # s0 spills to CORTEX
+        await mem.flush()
+        assert "k" in await mem.keys(Tier.CORTEX)
+        g = gate("tr")
+        g.hold(None, key="k")
+        put = asyncio.create_task(mem.put("k", "new", tier=Tier.SESSION))
+        try:
+            assert await g.wait_blocked(key="k")
+            for o in others[3:]:
+                await mem.put(o, 1, tier=Tier.SESSION)  # SESSION evicts "new": in transit
+            assert "k" not in await mem.keys(Tier.SESSION)
+            i = 0
+            while "k" in await mem.keys(Tier.GPU):  # GPU's older k is evicted
+                await mem.put(f"g{i}", np.zeros(64), tier=Tier.GPU)
+                i += 1
+        finally:
+            g.release(None, key="k")
+            await put
+        assert await mem.get("k") == "new"
+        await mem.flush()
+        assert await mem.get("k") == "new"
 
 
 async def test_a_gpu_put_after_its_spilled_copy_expired(tmp_path: Path,
@@ -1136,8 +1174,9 @@ async def test_a_cortex_put_takes_the_older_item_in_transit(tmp_path: Path,
 
 async def test_a_put_forgets_a_copy_spilled_above_it_meanwhile(tmp_path: Path,
                                                                clock: ManualClock) -> None:
-    """GPU's item spilled into SESSION while a put of the key to PERSISTENT was clearing
-    CORTEX: the put removes it, and the spiller tracks exactly the copies that remain."""
+    """GPU's item of the key, evicted while a put of the key to PERSISTENT is clearing
+    CORTEX, is superseded: it lands in no tier (SESSION never shows it), the spiller tracks
+    exactly the copies that remain, and the put's value is read."""
     tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=4KiB", Tier.CORTEX: "gated://cm"}
     async with _open(tmp_path, clock, "meanwhile", tiers) as mem:
         await mem.put("k", np.full(8, 1.0), tier=Tier.GPU)
@@ -1149,9 +1188,11 @@ async def test_a_put_forgets_a_copy_spilled_above_it_meanwhile(tmp_path: Path,
         try:
             assert await g.wait_blocked("get_many", key="k")
             i = 0
-            while "k" not in await mem.keys(Tier.SESSION):  # GPU's k spills into SESSION
+            while "k" in await mem.keys(Tier.GPU):  # GPU evicts its older k
                 await mem.put(f"g{i}", np.zeros(64), tier=Tier.GPU)
                 i += 1
+                assert "k" not in await mem.keys(Tier.SESSION)
+            assert mem._core.spiller.pending("k", clock.time()) is None
         finally:
             g.release("get_many", key="k")
             await writing
@@ -1252,3 +1293,182 @@ async def test_puts_to_slower_tiers_return_none_and_count(tmp_path: Path,
         assert await mem.put("b", 2, tier=Tier.CORTEX) is None
         await mem.put_many({"c": 3, "d": 4}, tier=Tier.CORTEX)
         assert mem.stats()["tiers"]["CORTEX"]["puts"] == 4
+
+
+# -- the engine's read API and in-process tiers all the way down -----------------------------
+
+
+async def test_the_read_chain_promotes_its_hit_by_default(tmp_path: Path,
+                                                          clock: ManualClock) -> None:
+    """TierChain.lookup called without ``promote=`` promotes a CORTEX hit into SESSION, as a
+    get does."""
+    async with _open(tmp_path, clock, "defaultpromote") as mem:
+        await mem.put("k", "cortex's", tier=Tier.CORTEX)
+        found = await mem._core.reads.lookup("k")
+        assert found is not None and found[1] == "cortex's"
+        await mem.flush()
+        entry = await mem.get_entry("k", promote=False)
+        assert entry is not None and (entry.tier, entry.value) == (Tier.SESSION, "cortex's")
+
+
+async def test_get_many_reads_again_an_expiring_session_put_made_meanwhile(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """A get_many whose CORTEX read overlapped a put of its key to SESSION with a ttl reads
+    the key again and returns the SESSION value."""
+    async with _open(tmp_path, clock, "redosession", {Tier.CORTEX: "gated://rx"}) as mem:
+        await mem.put("k", "v1", tier=Tier.CORTEX)
+        g = gate("rx")
+        g.hold("get_many", key="k", point="after")
+        reading = asyncio.create_task(mem.get_many(["k"]))
+        try:
+            assert await g.wait_blocked("get_many", key="k", point="after")
+            await mem.put("k", "v2", ttl=100)  # SESSION, the in-process put
+        finally:
+            g.release("get_many", key="k", point="after")
+        assert await reading == {"k": "v2"}
+
+
+async def test_a_put_below_keeps_the_item_in_transit_until_the_tiers_above_are_cleared(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """While a put to PERSISTENT is still clearing CORTEX, a read from SESSION down finds
+    SESSION's item in transit (the value before the put), never the older item CORTEX still
+    holds: the spill buffer is cleared only after the slower tiers above the home."""
+    tiers: dict[Tier, str | None] = {Tier.SESSION: "memory://?max_items=1",
+                                     Tier.CORTEX: "gated://tc", Tier.PERSISTENT: "gated://tp"}
+    async with _open(tmp_path, clock, "transitorder", tiers) as mem:
+        await mem.put("k", "cortex's", tier=Tier.CORTEX, ttl=10)
+        await mem.put("k", "session's", ttl=20)  # shadows CORTEX's item
+        cortex, persistent = gate("tc"), gate("tp")
+        persistent.hold("put", key="k")
+        cortex.hold("get_many", key="k")
+        writing = asyncio.create_task(
+            mem.put("k", "persistent's", tier=Tier.PERSISTENT, ttl=30))
+        try:
+            assert await persistent.wait_blocked("put", key="k")
+            await mem.put(_other_stripe("k"), 1)  # evicts k: in transit to CORTEX
+            assert mem.stats()["spill"]["items"] == 1
+            persistent.release("put", key="k")
+            assert await cortex.wait_blocked("get_many", key="k")
+            meanwhile = await mem.ttl("k", tier=Tier.SESSION)
+        finally:
+            persistent.release("put", key="k")
+            cortex.release("get_many", key="k")
+            await writing
+        assert meanwhile == pytest.approx(20)
+        assert await mem.get("k") == "persistent's"
+        await mem.flush()
+        assert await mem.get("k") == "persistent's"
+
+
+class _KeepsRecords(GatedBackend):
+    """A versioned gated store that keeps the very record each append is given (a backend
+    may keep the object rather than a copy)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._versions: dict[str, list[Record]] = {}
+
+    async def append(self, key: str, record: Record, expected_version: int | None) -> int:
+        await self._pass("append", (key,), "before")
+        versions = self._versions.setdefault(key, [])
+        if expected_version is not None and len(versions) != expected_version:
+            raise VersionConflictError(key, expected_version, len(versions))
+        versions.append(record)
+        self._data[key] = record
+        await self._pass("append", (key,), "after")
+        return len(versions)
+
+    async def get_version(self, key: str, version: int) -> Record | None:
+        versions = self._versions.get(key, [])
+        return versions[version - 1] if 0 < version <= len(versions) else None
+
+    async def history(self, key: str, limit: int | None) -> list[Record]:
+        return self._versions.get(key, [])[::-1][:limit]
+
+
+def _open_keeps_records(url: BackendURL, tier: Tier, config: Any) -> _KeepsRecords:
+    return _KeepsRecords(url.netloc or tier.name.lower())
+
+
+async def test_a_versioned_put_stores_the_version_its_append_returned(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """A put to WORKFLOW leaves the record it appended carrying the version number the append
+    returned, also in a backend that keeps the record it was given."""
+    register("test-keeps-records", _open_keeps_records)
+    async with _open(tmp_path, clock, "keeps",
+                     {Tier.WORKFLOW: "test-keeps-records://kr"}) as mem:
+        assert await mem.put("k", "first", tier=Tier.WORKFLOW) == 1
+        assert await mem.put("k", "second", tier=Tier.WORKFLOW) == 2
+        entry = await mem.get_entry("k", promote=False)
+        assert entry is not None and (entry.tier, entry.value, entry.version) == \
+            (Tier.WORKFLOW, "second", 2)
+
+
+async def test_clear_of_session_removes_its_batch_items_spilled_into_an_in_process_cortex(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """A put_many to SESSION (below GPU) whose own items spill on into an in-process CORTEX:
+    those copies stay SESSION's items, so clear(tier=SESSION) removes them too, and a read
+    from CORTEX passes over them."""
+    tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=1MiB",
+                                     Tier.SESSION: "memory://?max_items=2",
+                                     Tier.CORTEX: "memory://"}
+    async with _open(tmp_path, clock, "batchdown", tiers) as mem:
+        items = {f"b{i}": i for i in range(4)}
+        await mem.put_many(items, tier=Tier.SESSION)
+        spilled = await mem.keys(Tier.CORTEX)
+        assert len(spilled) == 2
+        assert await mem.get_many(list(items)) == items
+        assert all([await mem.ttl(k, tier=Tier.CORTEX) is None for k in spilled])
+        assert await mem.clear(tier=Tier.SESSION) == 4
+        assert await mem.keys(Tier.CORTEX) == []
+        assert await mem.get_many(list(items)) == {}
+
+
+async def test_put_nowait_to_gpu_keeps_track_of_the_item_it_pushed_down_two_tiers(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """Writer.put_nowait of a key to GPU that evicts into SESSION, which pushes SESSION's own
+    item of the key on into an in-process CORTEX: whatever CORTEX then holds of the key is
+    not CORTEX's own item (a read from CORTEX passes over it), clear(tier=SESSION) leaves
+    none of it, and GPU's value is read."""
+    tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=4KiB",
+                                     Tier.SESSION: "memory://?max_items=1",
+                                     Tier.CORTEX: "memory://"}
+    async with _open(tmp_path, clock, "cascade0", tiers) as mem:
+        i = 0
+        while not await mem.keys(Tier.SESSION):  # fill GPU: its first item spills
+            await mem.put(f"g{i}", np.zeros(64), tier=Tier.GPU)
+            i += 1
+        await mem.put("k", "session's")  # SESSION's item pushes GPU's down into CORTEX
+        core = mem._core
+        arr = np.full(64, 1.0)
+        rec = Record(arr, None, True, arr.nbytes, next_version(), clock.time(), {})
+        gpu = core.by_tier[Tier.GPU]
+        assert core.writer.put_nowait("k", rec, gpu) is True  # type: ignore[arg-type]
+        assert "k" not in await mem.keys(Tier.SESSION)  # pushed on by GPU's eviction
+        assert np.array_equal(await mem.get("k"), arr)
+        assert await mem.ttl("k", tier=Tier.CORTEX) is None
+        await mem.clear(tier=Tier.SESSION)
+        assert "k" not in await mem.keys(Tier.CORTEX)
+        assert np.array_equal(await mem.get("k"), arr)
+
+
+async def test_a_session_put_keeps_track_of_the_item_it_pushed_down_two_tiers(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """With GPU, SESSION, CORTEX and PERSISTENT all in-process, a put to SESSION that evicts
+    into CORTEX, which pushes CORTEX's own item of the key on into PERSISTENT: whatever
+    PERSISTENT then holds of the key is not PERSISTENT's own item (a read from PERSISTENT
+    passes over it), clear(tier=CORTEX) leaves none of it, and SESSION's value is read."""
+    tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=1MiB",
+                                     Tier.SESSION: "memory://?max_items=1",
+                                     Tier.CORTEX: "memory://?max_items=1",
+                                     Tier.PERSISTENT: "memory://"}
+    async with _open(tmp_path, clock, "cascade1", tiers) as mem:
+        await mem.put("k", "cortex's", tier=Tier.CORTEX)
+        await mem.put("s", "s")  # SESSION
+        await mem.put("k", "session's")  # s goes to CORTEX, which pushes its k down
+        assert "k" not in await mem.keys(Tier.CORTEX)
+        assert await mem.get("k") == "session's"
+        assert await mem.ttl("k", tier=Tier.PERSISTENT) is None
+        await mem.clear(tier=Tier.CORTEX)
+        assert "k" not in await mem.keys(Tier.PERSISTENT)
+        assert await mem.get("k") == "session's"

@@ -284,6 +284,29 @@ async def test_pools_never_exceed_their_limit_under_churn(tmp_path: Path,
             assert np.array_equal(await mem.get(key), value), key
 
 
+async def test_a_named_pool_bigger_than_the_default_takes_what_the_default_cannot(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """The capacity check goes by the pool an item names, not the default pool: an 8 KiB
+    array fits a 64 KiB pool beside a 1 KiB default, by put(pool=) and by promotion of an
+    item whose metadata names the pool; the 1 KiB pool still refuses it."""
+    pools = {"small": "1KiB", "big": "64KiB"}
+    url = "host://?memory=1MiB&default_pool=small"
+    async with pool_memory(tmp_path, clock, pools, url) as mem:
+        value = np.arange(1024, dtype=np.float64)
+        await mem.put("g", value, tier=Tier.GPU, pool="big")
+        entry = await mem.get_entry("g", promote=False)
+        assert entry is not None and entry.tier is Tier.GPU
+        assert np.array_equal(entry.value, value)
+        with pytest.raises(ValueTooLargeError):
+            await mem.put("s", value, tier=Tier.GPU, pool="small")
+        await mem.put("a", value, tier=Tier.PERSISTENT, meta={"pool": "big"})
+        for _ in range(2):  # an array is promoted into GPU on its second hit
+            await mem.get_entry("a")
+            await mem.flush()
+        assert sorted(await mem.keys(Tier.GPU)) == ["a", "g"]
+        assert pool_stats(mem, "big")["used"] >= 2 * value.nbytes
+
+
 # -- state_dicts as one item --------------------------------------------------------------------
 
 

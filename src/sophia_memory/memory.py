@@ -161,7 +161,7 @@ class Memory:
         if isinstance(slot, InProcessTier):
             # Kept as the object, but checked against the codec: it may spill to a table.
             payload, size = value, core.codec.measure(value)
-            if size <= limit and not slot.fits(size):
+            if size <= limit and not slot.fits(size, pool):
                 raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
         else:
             payload = core.codec.encode(value)  # refuses unsupported values

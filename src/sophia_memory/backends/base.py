@@ -138,8 +138,9 @@ class ObjectStore(Protocol):
         """Remove ``key`` only if it still holds exactly ``record`` (lazy expiry)."""
         ...
 
-    def fits(self, size: int) -> bool:
-        """Whether an item of ``size`` bytes can be held at all."""
+    def fits(self, size: int, pool: str | None = None) -> bool:
+        """Whether an item of ``size`` bytes can be held at all (in ``pool``, for a store
+        of named pools; None: its default pool)."""
         ...
 
 

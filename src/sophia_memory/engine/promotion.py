@@ -130,7 +130,7 @@ class Promoter:
                     return
                 copy = self._copy(tier, value, src, found)
                 if isinstance(tier, InProcessTier):
-                    if tier.tier is Tier.GPU and not tier.fits(src.size):
+                    if tier.tier is Tier.GPU and not tier.fits(src.size, src.extra.get("pool")):
                         continue
                     try:
                         tier.put_nowait(key, copy)

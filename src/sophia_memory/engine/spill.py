@@ -75,6 +75,9 @@ class Spiller:
         #: key -> {chain position of a copy: the position of the tier its item was put to}
         #: (a GPU item may spill to SESSION and on to a slower tier), kept with ``copies``.
         self.origins: dict[str, dict[int, int]] = {}
+        #: key -> chain position of the home of the write of it in progress (from the
+        #: moment the home holds the new item until the tiers above it are cleared).
+        self.writing: dict[str, int] = {}
         self.dropped: Counter[str] = Counter()
         self.moved = 0
         self.waits = 0
@@ -103,14 +106,14 @@ class Spiller:
         if source.tier in self.cache_only:
             self._drop(source, "evicted from a pure-cache tier")
             return
+        home = self.writing.get(key)
+        if home is not None and home > source.index:
+            # A write of the key to a slower home is removing older copies (it clears the
+            # tiers above its home last): this item is older, and must land nowhere.
+            return
         source.stats.spills += 1
         for target in self.chain[source.index + 1:]:
             if isinstance(target, InProcessTier):
-                held = target.peek(key)
-                if held is not None and held.home and held.version > rec.version:
-                    # A later write's item (a put there still removing older copies): the
-                    # evicted item is superseded, and must not overwrite it.
-                    return
                 moved = Record(rec.payload, rec.expires_at, True, rec.size, rec.version,
                                rec.created_at, rec.extra)
                 try:

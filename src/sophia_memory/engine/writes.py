@@ -137,6 +137,18 @@ class Writer:
         home.stats.puts += len(records)
         if isinstance(home, RemoteTier) and home.stale:
             home.stale.difference_update(keys)
+        writing = spiller.writing
+        for k in keys:
+            writing[k] = home.index
+        try:
+            await self._supersede_steps(records, keys, home, now)
+        finally:
+            for k in keys:
+                writing.pop(k, None)
+
+    async def _supersede_steps(self, records: dict[str, Record], keys: list[str],
+                               home: TierHandle, now: float) -> None:
+        spiller = self.spiller
         # Step 2. Inserting a batch into an in-process home may evict (and so spill) the
         # older value of a key later in the batch, or this write's own values: what is this
         # write's own value is told by identity, and kept.

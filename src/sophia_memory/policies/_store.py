@@ -61,8 +61,9 @@ class BoundedStore:
             self._access(key)
         return rec
 
-    def fits(self, size: int) -> bool:
-        """Whether a record of ``size`` bytes could be held at all."""
+    def fits(self, size: int, pool: str | None = None) -> bool:
+        """Whether a record of ``size`` bytes could be held at all (``pool``: unused, one
+        store has no named pools)."""
         return self.max_bytes is None or size <= self.max_bytes
 
     def full(self, size: int) -> bool:

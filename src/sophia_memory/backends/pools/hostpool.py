@@ -440,8 +440,11 @@ class PoolBackend(Backend):
         held = self._held.get(key)
         return None if held is None else self.pools[held[0]].peek(key)
 
-    def fits(self, size: int) -> bool:
-        return self.pools[self.default_pool].fits(size)
+    def fits(self, size: int, pool: str | None = None) -> bool:
+        """Whether ``size`` bytes fit the pool named ``pool`` (None: the default pool). An
+        unknown name is True here: the put then refuses it, naming the closest pool."""
+        store = self.pools.get(self.default_pool if pool is None else pool)
+        return store is None or store.fits(size)
 
     def put_nowait(self, key: str, record: Record) -> None:
         """Copy ``record``'s value into its pool, evicting (and so spilling) that pool's
