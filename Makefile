@@ -33,7 +33,7 @@ lint: .stamp-dev
 # make mutate ARGS="--only src/sophia_memory/engine/ordering.py --tests tests/test_planted_behaviours.py"
 mutate: .stamp-dev
 	$(PIP) 'mutmut>=3.8'
-	$(BIN)/python tests/mutants/mutate.py --report docs/mutation.md $(ARGS)
+	$(BIN)/python tests/mutants/mutate.py --report docs/mutation-run.md $(ARGS)
 
 bench: .stamp-dev
 	$(BIN)/python benchmarks/run.py

@@ -827,9 +827,9 @@ async def test_a_closed_memory_refuses_calls(clock: ManualClock) -> None:
     mem = Memory.open(clock=clock, purge_interval=0, tiers=tiers(SESSION="memory://"))
     await mem.put("k", 1)
     await mem.close()
-    with pytest.raises(SophiaMemoryError, match="closed"):
+    with pytest.raises(SophiaMemoryError, match=r"^this Memory is closed$"):
         await mem.get("k")
-    with pytest.raises(SophiaMemoryError, match="closed"):
+    with pytest.raises(SophiaMemoryError, match=r"^this Memory is closed$"):
         await mem.put("k", 2)
 
 
@@ -944,3 +944,33 @@ async def test_flush_waits_for_spills_queued_while_it_waited_for_a_replay(
         await flushing
         assert mem.stats()["spill"]["items"] == 0
         assert await tier_of(mem, "x") is Tier.CORTEX
+
+
+def test_a_memory_with_every_tier_off_is_refused_saying_so(clock: ManualClock) -> None:
+    """Opening with every tier switched off is a ConfigError that says exactly that."""
+    with pytest.raises(ConfigError, match=r"^every tier is switched off$"):
+        Memory.open(clock=clock, purge_interval=0, tiers=tiers())
+
+
+async def test_a_memory_without_session_promotes_into_the_gpu_alone(clock: ManualClock) -> None:
+    """With SESSION switched off, a hit in a slower tier still reads and is promoted into
+    GPU, the only faster tier (an array, on its second hit)."""
+    np = pytest.importorskip("numpy")
+    async with opened(clock, gpu_reserve=0, tiers=tiers(
+            GPU="host://?memory=1MiB", PERSISTENT="plainmut://nosession")) as mem:
+        await mem.put("k", np.ones(4), tier=Tier.PERSISTENT)
+        for _ in range(2):
+            entry = await mem.get_entry("k")
+            assert entry is not None and entry.tier is Tier.PERSISTENT
+            await mem.flush()
+        assert await mem.keys(Tier.GPU) == ["k"]
+
+
+async def test_signed_pickle_memory_reads_back_what_a_slow_tier_stored(
+        clock: ManualClock) -> None:
+    """A memory opened with the signed-pickle codec and its key stores a value a table tier
+    must encode and reads it back (the key reaches the codec)."""
+    async with opened(clock, codec="pickle", signing_key="k" * 32,
+                      tiers=tiers(PERSISTENT="plainmut://signed")) as mem:
+        await mem.put("k", {"a": (1, 2)}, tier=Tier.PERSISTENT)
+        assert await mem.get("k") == {"a": (1, 2)}

@@ -1122,3 +1122,138 @@ async def test_a_copy_goes_into_the_pool_its_item_names(clock: ManualClock) -> N
         await mem.flush()
         assert await mem.keys(Tier.SESSION) == ["a"]
         assert tier_stats(mem, Tier.SESSION)["promotions"] == 1
+
+
+# -- waking the puts that wait for room, and closing --------------------------------------------
+
+
+async def test_puts_waiting_for_room_are_woken_only_once_the_buffer_is_back_within_bound(
+        clock: ManualClock) -> None:
+    """Two puts wait for room in a spill buffer two items over its bound (its worker held).
+    Taking one item (deleted) leaves it still over: the puts keep waiting, not woken to wait
+    again (``waits`` stays 2). Taking a second brings it within bound: both return at once,
+    while the worker is still held."""
+    async with Memory.open(clock=clock, purge_interval=0, promote=False, spill_max_items=1,
+                           tiers={Tier.GPU: None, Tier.SESSION: "memory://?max_items=1",
+                                  Tier.CORTEX: "memory://?max_items=1",
+                                  Tier.PERSISTENT: "gated://sp", Tier.VECTOR: None,
+                                  Tier.WORKFLOW: "gated://sw"}) as mem:
+        g = gate("sp")
+        g.hold("put", "c1")
+        try:
+            await mem.put("c1", 1, tier=Tier.CORTEX)
+            await mem.put("c2", 2, tier=Tier.CORTEX)  # c1 on its way, held
+            assert await g.wait_blocked("put", "c1")
+            w3 = asyncio.ensure_future(mem.put("c3", 3, tier=Tier.CORTEX))  # c2 evicted
+            for _ in range(20):
+                await asyncio.sleep(0)
+            w4 = asyncio.ensure_future(mem.put("c4", 4, tier=Tier.CORTEX))  # c3 evicted
+            for _ in range(20):
+                await asyncio.sleep(0)
+            sp = spiller_of(mem)
+            assert set(sp.buffer) == {"c1", "c2", "c3"}
+            assert not w3.done() and not w4.done() and sp.waits == 2
+            await mem.delete("c3")  # two items: still over the bound of one
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert not w3.done() and not w4.done() and sp.waits == 2
+            await mem.delete("c2")  # within the bound: both puts go on
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert w3.done() and w4.done() and sp.waits == 2
+            assert g.blocked("put", "c1")
+            await asyncio.gather(w3, w4)
+        finally:
+            g.release_all()
+        await mem.flush()
+        assert "c1" in gated_data("sp") and sp.stats()["items"] == 0
+
+
+async def test_a_closed_spiller_starts_no_worker(clock: ManualClock) -> None:
+    """Once the spiller is closed an evicted item stays in the buffer (still readable): no
+    worker starts to move it, and drain returns at once."""
+    async with open_memory(clock) as mem:
+        sp = spiller_of(mem)
+        await sp.close()
+        assert sp.closed is True
+        await mem.put("c1", 1, tier=Tier.CORTEX)
+        await mem.put("c2", 2, tier=Tier.CORTEX)  # c1 evicted into the buffer
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sp._worker is None and list(sp.buffer) == ["c1"]
+        await sp.drain()
+        assert "c1" not in gated_data("sp") and list(sp.buffer) == ["c1"]
+        assert await mem.get("c1") == 1
+
+
+class Failing(logging.Handler):
+    """A logging handler that raises on every record (a broken log sink)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        raise RuntimeError("log sink down")
+
+
+async def test_closing_the_spiller_swallows_an_error_its_cancelled_worker_ends_with(
+        clock: ManualClock) -> None:
+    """The spill worker, cancelled by close() while PERSISTENT's put is in flight, ends with
+    an error instead of the cancellation (the backend reports the cancelled put as a lost
+    connection, and the log sink the worker reports that to fails): close() still returns."""
+    async with open_memory(clock) as mem:
+        sp = spiller_of(mem)
+        backend = mem._core.by_tier[Tier.PERSISTENT].backend
+        started = asyncio.Event()
+
+        async def hanging(key: str, record: Record) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise ConnectionResetError("connection lost") from None
+
+        backend.put = hanging  # type: ignore[method-assign]
+        await mem.put("c1", 1, tier=Tier.CORTEX)
+        await mem.put("c2", 2, tier=Tier.CORTEX)  # c1 on its way, hanging
+        await started.wait()
+        worker = sp._worker
+        assert worker is not None
+        spill_log = logging.getLogger("sophia_memory.spill")
+        level, handler = spill_log.level, Failing()
+        spill_log.setLevel(logging.DEBUG)
+        spill_log.addHandler(handler)
+        try:
+            await sp.close()
+        finally:
+            spill_log.removeHandler(handler)
+            spill_log.setLevel(level)
+        assert worker.done() and not worker.cancelled()
+        assert isinstance(worker.exception(), RuntimeError)
+        assert sp._worker is None
+
+
+async def test_closing_the_promoter_swallows_the_error_its_worker_died_of(
+        clock: ManualClock) -> None:
+    """A promotion worker that died of an error (the log sink it reported a failed
+    promotion to raised) does not make closing the promoter raise."""
+    async with open_promoting(clock, "gated://ss") as mem:
+        backend = mem._core.by_tier[Tier.SESSION].backend
+
+        async def refusing(key: str, record: Record) -> None:
+            raise ValueTooLargeError(record.size, 4, "the test's row limit")
+
+        backend.put = refusing  # type: ignore[method-assign]
+        promotion_log = logging.getLogger("sophia_memory.promotion")
+        level, handler = promotion_log.level, Failing()
+        promotion_log.setLevel(logging.DEBUG)
+        promotion_log.addHandler(handler)
+        try:
+            await mem.put("k", 1, tier=Tier.PERSISTENT)
+            assert await mem.get("k") == 1
+            promoter = mem._core.promoter
+            worker = promoter.worker
+            assert worker is not None
+            await asyncio.wait([worker])
+        finally:
+            promotion_log.removeHandler(handler)
+            promotion_log.setLevel(level)
+        assert isinstance(worker.exception(), RuntimeError)
+        await promoter.close()

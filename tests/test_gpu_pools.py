@@ -284,6 +284,7 @@ async def test_pools_never_exceed_their_limit_under_churn(tmp_path: Path,
             assert np.array_equal(await mem.get(key), value), key
 
 
+@sync_test
 async def test_a_named_pool_bigger_than_the_default_takes_what_the_default_cannot(
         tmp_path: Path, clock: ManualClock) -> None:
     """The capacity check goes by the pool an item names, not the default pool: an 8 KiB
