@@ -974,3 +974,53 @@ async def test_signed_pickle_memory_reads_back_what_a_slow_tier_stored(
                       tiers=tiers(PERSISTENT="plainmut://signed")) as mem:
         await mem.put("k", {"a": (1, 2)}, tier=Tier.PERSISTENT)
         assert await mem.get("k") == {"a": (1, 2)}
+
+
+async def test_a_memory_of_in_process_tiers_runs_no_purge_task(clock: ManualClock) -> None:
+    """In-process tiers drop expired items as they meet them: with no slower tier to purge,
+    a write starts no background purge task, whatever the purge interval."""
+    async with opened(clock, purge_interval=1e-9, gpu_reserve=0, tiers=tiers(
+            GPU="host://?memory=1MiB", SESSION="memory://")) as mem:
+        await mem.put("k", 1, ttl=5)
+        await mem.put_many({"a": 1, "b": 2})
+        assert mem._core.purger is None
+    async with opened(clock, purge_interval=1e-9, tiers=tiers(
+            SESSION="memory://", PERSISTENT="purgepmut://p")) as mem:
+        await mem.put("k", 1)
+        assert mem._core.purger is not None
+
+
+async def test_a_fresh_memory_reports_no_spill_peak(clock: ManualClock) -> None:
+    """Before anything spilled, the spill buffer's peak is 0 items."""
+    async with opened(clock, tiers=tiers(SESSION="memory://?max_items=1",
+                                         PERSISTENT="plainmut://peak")) as mem:
+        await mem.put("k", 1)
+        assert mem.stats()["spill"]["peak_items"] == 0
+        await mem.put("j", 2)  # evicts k: one item in transit
+        assert mem.stats()["spill"]["peak_items"] == 1
+
+
+async def test_purge_expired_removes_expired_items_from_in_process_tiers(
+        clock: ManualClock) -> None:
+    """``Memory.purge_expired`` sweeps the in-process tiers too: an expired SESSION item is
+    removed from the store (counted), a live one stays."""
+    async with opened(clock, tiers=tiers(SESSION="memory://")) as mem:
+        await mem.put("old", 1, ttl=5)
+        await mem.put("live", 2)
+        clock.advance(10)
+        assert await mem.purge_expired() == 1
+        assert "old" not in mem._core.by_tier[Tier.SESSION].resident
+        assert "live" in mem._core.by_tier[Tier.SESSION].resident
+
+
+async def test_a_tier_without_conditional_writes_refuses_the_staples(clock: ManualClock) -> None:
+    """A remote tier whose backend has no conditional writes (nor versions) refuses add, incr
+    and compare_and_set with InvalidArgumentError naming the tier, and stores nothing."""
+    async with opened(clock, tiers=tiers(PERSISTENT="plainmut://nocond")) as mem:
+        with pytest.raises(InvalidArgumentError, match="cannot write conditionally"):
+            await mem.add("k", 1, tier=Tier.PERSISTENT)
+        with pytest.raises(InvalidArgumentError, match="cannot write conditionally"):
+            await mem.incr("n", tier=Tier.PERSISTENT)
+        with pytest.raises(InvalidArgumentError, match="PERSISTENT"):
+            await mem.compare_and_set("k", None, 2, tier=Tier.PERSISTENT)
+        assert await mem.get("k") is None and await mem.get("n") is None
