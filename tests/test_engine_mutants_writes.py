@@ -321,65 +321,34 @@ async def test_a_gpu_batch_that_spills_through_a_full_session_loses_nothing(
         assert mem.stats()["spill"]["dropped"] == {}
 
 
-async def test_a_session_put_is_not_overwritten_by_gpus_older_item_spilling_meanwhile(
-        tmp_path: Path, clock: ManualClock) -> None:
+@pytest.mark.parametrize("in_transit", [False, True], ids=["in SESSION", "in transit"])
+async def test_a_session_put_is_not_shadowed_by_gpus_older_item_evicted_meanwhile(
+        tmp_path: Path, clock: ManualClock, in_transit: bool) -> None:
     """Regression: while a put to SESSION is still removing an older spilled copy from
-    CORTEX, GPU evicts its (older) item of the key; that item is superseded and must not
-    land over the put's value in SESSION."""
-    tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=4KiB",
-                                     Tier.SESSION: "memory://?max_items=2",
-                                     Tier.CORTEX: "gated://ov"}
-    async with _open(tmp_path, clock, "overwrite", tiers) as mem:
-        await mem.put("k", "s0", tier=Tier.SESSION)
-        await mem.put("k", np.full(8, 1.0), tier=Tier.GPU)  # shadows SESSION's s0
-        for i in range(3):
-            await mem.put(f"s{i}", i, tier=Tier.SESSION)  # s0 spills to CORTEX
-        await mem.flush()
-        assert "k" in await mem.keys(Tier.CORTEX)
-        g = gate("ov")
-        g.hold(None, key="k")
-        put = asyncio.create_task(mem.put("k", "s2", tier=Tier.SESSION))
-        try:
-            assert await g.wait_blocked(key="k")
-            i = 0
-            while "k" in await mem.keys(Tier.GPU):  # GPU's k spills towards SESSION
-                await mem.put(f"g{i}", np.zeros(64), tier=Tier.GPU)
-                i += 1
-        finally:
-            g.release(None, key="k")
-            await put
-        assert await mem.get("k") == "s2"
-        await mem.flush()
-        assert await mem.get("k") == "s2"
-        assert "k" not in await mem.keys(Tier.CORTEX)
-
-
-async def test_a_session_put_in_transit_is_not_shadowed_by_gpus_older_item(
-        tmp_path: Path, clock: ManualClock) -> None:
-    """Regression: while a put to SESSION is still removing an older spilled copy from
-    CORTEX, SESSION evicts the new value (in transit to CORTEX) and then GPU evicts its older
-    item of the key: that item is superseded and must not land in SESSION over the value in
-    transit."""
+    CORTEX, GPU evicts its (older) item of the key. That item is superseded: it must land
+    neither over the put's value in SESSION nor, when SESSION has already evicted that value
+    (in transit to CORTEX), in SESSION in front of it."""
     stripe = hash("k") & MASK
     others = [c for i in range(10_000) if hash(c := f"o{i}") & MASK != stripe][:6]
     tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=4KiB",
                                      Tier.SESSION: "memory://?max_items=2",
-                                     Tier.CORTEX: "gated://tr"}
-    async with _open(tmp_path, clock, "transit", tiers) as mem:
+                                     Tier.CORTEX: f"gated://ov{int(in_transit)}"}
+    async with _open(tmp_path, clock, f"overwrite{int(in_transit)}", tiers) as mem:
         await mem.put("k", "s0", tier=Tier.SESSION)
         await mem.put("k", np.full(8, 1.0), tier=Tier.GPU)  # shadows SESSION's s0
         for o in others[:3]:
             await mem.put(o, 0, tier=Tier.SESSION)  # s0 spills to CORTEX
         await mem.flush()
         assert "k" in await mem.keys(Tier.CORTEX)
-        g = gate("tr")
+        g = gate(f"ov{int(in_transit)}")
         g.hold(None, key="k")
         put = asyncio.create_task(mem.put("k", "new", tier=Tier.SESSION))
         try:
             assert await g.wait_blocked(key="k")
-            for o in others[3:]:
-                await mem.put(o, 1, tier=Tier.SESSION)  # SESSION evicts "new": in transit
-            assert "k" not in await mem.keys(Tier.SESSION)
+            if in_transit:
+                for o in others[3:]:
+                    await mem.put(o, 1, tier=Tier.SESSION)  # SESSION evicts "new"
+                assert "k" not in await mem.keys(Tier.SESSION)
             i = 0
             while "k" in await mem.keys(Tier.GPU):  # GPU's older k is evicted
                 await mem.put(f"g{i}", np.zeros(64), tier=Tier.GPU)
@@ -390,6 +359,7 @@ async def test_a_session_put_in_transit_is_not_shadowed_by_gpus_older_item(
         assert await mem.get("k") == "new"
         await mem.flush()
         assert await mem.get("k") == "new"
+        assert "k" not in await mem.keys(Tier.GPU)
 
 
 async def test_a_gpu_put_after_its_spilled_copy_expired(tmp_path: Path,
