@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from sophia_memory import ManualClock, Memory, Tier
+from sophia_memory.engine.ordering import KeyOrder
 
 
 def in_ci() -> bool:
@@ -201,3 +202,18 @@ async def real_redis_or_skip(url: str) -> Any:
             pytest.fail(_ci_failure(f"no Redis at {url}: {exc}"))
         pytest.skip(f"no Redis at {url}: {exc}")
     return client
+
+
+def apart(n: int, prefix: str = "") -> list[str]:
+    """``n`` keys whose full keys (``prefix`` + key) lie in ``n`` different lock stripes."""
+    keys: list[str] = []
+    stripes: set[int] = set()
+    i = 0
+    while len(keys) < n:
+        k = f"key{i}"
+        s = KeyOrder.stripe(prefix + k)
+        if s not in stripes:
+            stripes.add(s)
+            keys.append(k)
+        i += 1
+    return keys

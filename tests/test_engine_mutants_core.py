@@ -33,6 +33,8 @@ from sophia_memory.backends import Backend, BackendURL, register
 from sophia_memory.engine.ordering import STRIPES, KeyOrder
 from sophia_memory.testing import SharedGatedBackend, gate, gated_data, reset_gated
 
+from .conftest import apart
+
 #: More keys than two of ``clear``'s locked steps hold (1000 keys each).
 MANY = 2001
 
@@ -168,21 +170,6 @@ async def opened(clock: ManualClock, **options: Any) -> AsyncIterator[Memory]:
         for name in ("mw", "ml", "mr", "mp", "mc", "mt", "ms", "mb", "md", "pg", "pf"):
             gate(name).release_all()
         await mem.close()
-
-
-def apart(n: int, prefix: str = "") -> list[str]:
-    """``n`` keys whose full keys (``prefix`` + key) lie in ``n`` different lock stripes."""
-    keys: list[str] = []
-    stripes: set[int] = set()
-    i = 0
-    while len(keys) < n:
-        k = f"key{i}"
-        s = KeyOrder.stripe(prefix + k)
-        if s not in stripes:
-            stripes.add(s)
-            keys.append(k)
-        i += 1
-    return keys
 
 
 async def settle(n: int = 50) -> None:

@@ -29,6 +29,8 @@ from sophia_memory.errors import ValueTooLargeError
 from sophia_memory.testing import gate, gated_data, reset_gated
 from sophia_memory.tiers import Record
 
+from .conftest import apart
+
 DROPPED = "no tier below could take it"
 
 
@@ -243,20 +245,6 @@ async def test_clearing_a_slower_tier_forgets_the_copies_it_held(clock: ManualCl
 
 
 # -- clear of an in-process tier ----------------------------------------------------------------
-
-
-def apart(n: int) -> list[str]:
-    """``n`` keys in ``n`` different stripes of the key order (no two share a lock)."""
-    keys: list[str] = []
-    stripes: set[int] = set()
-    i = 0
-    while len(keys) < n:
-        k = f"key{i}"
-        if KeyOrder.stripe(k) not in stripes:
-            stripes.add(KeyOrder.stripe(k))
-            keys.append(k)
-        i += 1
-    return keys
 
 
 async def test_clear_of_the_fastest_tier_takes_its_items_from_every_in_process_tier_below(
@@ -1011,6 +999,23 @@ def sharing_a_stripe(key: str, *, avoid: tuple[str, ...] = ()) -> str:
         i += 1
 
 
+async def y_waits_for_its_stripe(mem: Memory, y: str, w: str, evictor: str,
+                                 value: str) -> asyncio.Future[None]:
+    """Make PERSISTENT ("sp") fail y, hold y's stripe with a put of w to PERSISTENT held
+    there, and put ``evictor`` to CORTEX so y is evicted into the buffer; the spiller takes
+    y (redirected to WORKFLOW) and waits for the stripe. The put of w, still held: the
+    caller releases ``gate("sp")`` and awaits it."""
+    sp = gate("sp")
+    sp.fail(["put", "put_many"], y)
+    sp.hold("put", w)
+    writer = asyncio.ensure_future(mem.put(w, "vw", tier=Tier.PERSISTENT))
+    assert await sp.wait_blocked("put", w, unless=writer)  # holds y's stripe
+    await mem.put(evictor, value, tier=Tier.CORTEX)  # evicts y into the buffer
+    for _ in range(20):  # the spiller takes y and waits for its stripe
+        await asyncio.sleep(0)
+    return writer
+
+
 async def test_a_failing_tier_does_not_hold_back_the_items_bound_for_another(
         clock: ManualClock) -> None:
     """One round of the spiller has y (redirected to WORKFLOW after PERSISTENT failed it)
@@ -1021,18 +1026,14 @@ async def test_a_failing_tier_does_not_hold_back_the_items_bound_for_another(
     async with open_memory(clock, cortex=1) as mem:
         sp, sw = gate("sp"), gate("sw")
         await mem.put(y, "vy", tier=Tier.CORTEX)
-        sp.fail(["put", "put_many"], y)
-        sp.hold("put", w)
-        writer = asyncio.ensure_future(mem.put(w, "vw", tier=Tier.PERSISTENT))
+        writer = None
         try:
-            assert await sp.wait_blocked("put", w, unless=writer)  # holds y's stripe
-            await mem.put(x, "vx", tier=Tier.CORTEX)  # evicts y into the buffer
-            for _ in range(20):  # the spiller takes y and waits for its stripe
-                await asyncio.sleep(0)
+            writer = await y_waits_for_its_stripe(mem, y, w, x, "vx")
             await mem.put(last, "vl", tier=Tier.CORTEX)  # evicts x into the buffer
             sp.fail(["put", "put_many"], x)
         finally:
             sp.release_all()
+        assert writer is not None
         await writer
         await mem.flush()
         assert [c for c in sw.log if c[0] in ("put", "put_many")] == [
@@ -1061,14 +1062,9 @@ async def test_an_unencodable_item_does_not_hold_back_the_items_bound_for_anothe
         await mem.put(o3, "o3", tier=Tier.SESSION)  # SESSION's x into CORTEX, o2 spills
         await mem.flush()
         assert spiller_of(mem).copies[x] == 0b110
-        sp.fail(["put", "put_many"], y)
-        sp.hold("put", w)
-        writer = asyncio.ensure_future(mem.put(w, "vw", tier=Tier.PERSISTENT))
+        writer = None
         try:
-            assert await sp.wait_blocked("put", w, unless=writer)  # holds y's stripe
-            await mem.put(z, "vz", tier=Tier.CORTEX)  # evicts y into the buffer
-            for _ in range(20):  # the spiller takes y and waits for its stripe
-                await asyncio.sleep(0)
+            writer = await y_waits_for_its_stripe(mem, y, w, z, "vz")
             await mem.put(z2, "vz2", tier=Tier.CORTEX)  # evicts x into the buffer
             value.append({1, 2})  # a set: the codec cannot store it
             sp.hold("get_many", x)  # the removal of low, when x is dropped
@@ -1081,6 +1077,7 @@ async def test_an_unencodable_item_does_not_hold_back_the_items_bound_for_anothe
             assert y in gated_data("sw"), "y waited for a later round"
         finally:
             sp.release_all()
+        assert writer is not None
         await writer
         await mem.flush()
         assert await mem.get(x) is None

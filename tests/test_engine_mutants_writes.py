@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from sophia_memory.engine import writes
 from sophia_memory.engine.ordering import MASK
 from sophia_memory.errors import BackendError, InvalidArgumentError, VersionConflictError
 from sophia_memory.testing import gate, gated_data, reset_gated
-from sophia_memory.testing.gated import GatedBackend
+from sophia_memory.testing.gated import Gate, GatedBackend
 from sophia_memory.tiers import Record, next_version
 
 
@@ -944,20 +944,28 @@ def _other_stripe(key: str) -> str:
     return next(c for i in range(100) if hash(c := f"other{i}") & MASK != stripe)
 
 
+async def _get_many_of_k_during(mem: Memory, g: Gate,
+                                write: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    """A get_many of "k" whose read of the gated tier is held after it read, while
+    ``write()`` runs; what it returns."""
+    g.hold("get_many", key="k", point="after")
+    reading = asyncio.create_task(mem.get_many(["k"]))
+    try:
+        assert await g.wait_blocked("get_many", key="k", point="after")
+        await write()
+    finally:
+        g.release("get_many", key="k", point="after")
+    return await reading
+
+
 async def test_get_many_reads_once_when_only_other_keys_were_written(
         tmp_path: Path, clock: ManualClock) -> None:
     """A get_many during which only another key was written reads its key once."""
     async with _open(tmp_path, clock, "once", {Tier.CORTEX: "gated://on"}) as mem:
         await mem.put("k", "v1", tier=Tier.CORTEX)
         g = gate("on")
-        g.hold("get_many", key="k", point="after")
-        reading = asyncio.create_task(mem.get_many(["k"]))
-        try:
-            assert await g.wait_blocked("get_many", key="k", point="after")
-            await mem.put(_other_stripe("k"), 1)
-        finally:
-            g.release("get_many", key="k", point="after")
-        assert await reading == {"k": "v1"}
+        assert await _get_many_of_k_during(
+            mem, g, lambda: mem.put(_other_stripe("k"), 1)) == {"k": "v1"}
         assert mem.stats()["tiers"]["CORTEX"]["hits"] == 1
 
 
@@ -979,24 +987,12 @@ async def test_get_many_without_promotion(tmp_path: Path, clock: ManualClock) ->
                      promote=False) as mem:
         await mem.put("k", "v1", tier=Tier.CORTEX)
         g = gate("np")
-        g.hold("get_many", key="k", point="after")
-        reading = asyncio.create_task(mem.get_many(["k"]))
-        try:
-            assert await g.wait_blocked("get_many", key="k", point="after")
-            await mem.put(_other_stripe("k"), 1)
-        finally:
-            g.release("get_many", key="k", point="after")
-        assert await reading == {"k": "v1"}
+        assert await _get_many_of_k_during(
+            mem, g, lambda: mem.put(_other_stripe("k"), 1)) == {"k": "v1"}
         assert mem.stats()["tiers"]["CORTEX"]["hits"] == 2  # read again: any write counts
 
-        g.hold("get_many", key="k", point="after")
-        reading = asyncio.create_task(mem.get_many(["k"]))
-        try:
-            assert await g.wait_blocked("get_many", key="k", point="after")
-            await mem.put("k", "v2", tier=Tier.CORTEX)
-        finally:
-            g.release("get_many", key="k", point="after")
-        assert await reading == {"k": "v2"}
+        assert await _get_many_of_k_during(
+            mem, g, lambda: mem.put("k", "v2", tier=Tier.CORTEX)) == {"k": "v2"}
 
         g.hold("put", key="w")
         writing = asyncio.create_task(mem.put("w", 1, tier=Tier.CORTEX))

@@ -26,9 +26,10 @@ from sophia_memory.backends.redis._tracker import Tracker
 from sophia_memory.backends.sql.snowflake import SnowflakeBackend, SnowflakeSettings
 from sophia_memory.backends.sql.sqlite import SQLiteBackend
 from sophia_memory.codecs import SignedPickleCodec
-from sophia_memory.engine.ordering import KeyOrder
 from sophia_memory.testing import SharedGatedBackend, gate, gated_data, reset_gated
 from sophia_memory.tiers import Record
+
+from .conftest import apart
 
 KEY = b"planted-behaviours-signing-key!!"
 
@@ -58,21 +59,6 @@ async def mem(clock: ManualClock) -> AsyncIterator[Memory]:
         gate("pc").release_all()
         gate("pp").release_all()
         await m.close()
-
-
-def apart(n: int) -> list[str]:
-    """``n`` keys in ``n`` different stripes of the key order (no two share a lock)."""
-    keys: list[str] = []
-    stripes: set[int] = set()
-    i = 0
-    while len(keys) < n:
-        k = f"key{i}"
-        s = KeyOrder.stripe(k)
-        if s not in stripes:
-            stripes.add(s)
-            keys.append(k)
-        i += 1
-    return keys
 
 
 def session_record(mem: Memory, key: str) -> Record | None:
