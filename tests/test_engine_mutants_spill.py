@@ -410,13 +410,19 @@ async def test_a_bug_while_spilling_drops_the_batch_and_is_logged(
         assert mem.stats()["spill"]["items"] == 0
 
 
+def open_one_in_transit(clock: ManualClock) -> Memory:
+    """A spill buffer of one item below in-process SESSION and CORTEX of one item each, over
+    gated PERSISTENT ("sp") and WORKFLOW ("sw"), promotion off."""
+    return Memory.open(clock=clock, purge_interval=0, promote=False, spill_max_items=1,
+                       tiers={Tier.GPU: None, Tier.SESSION: "memory://?max_items=1",
+                              Tier.CORTEX: "memory://?max_items=1",
+                              Tier.PERSISTENT: "gated://sp", Tier.VECTOR: None,
+                              Tier.WORKFLOW: "gated://sw"})
+
+
 async def test_closing_the_spiller_releases_a_put_waiting_for_room(clock: ManualClock) -> None:
     """A put that waits for room in a full spill buffer returns when the spiller closes."""
-    async with Memory.open(clock=clock, purge_interval=0, promote=False, spill_max_items=1,
-                           tiers={Tier.GPU: None, Tier.SESSION: "memory://?max_items=1",
-                                  Tier.CORTEX: "memory://?max_items=1",
-                                  Tier.PERSISTENT: "gated://sp", Tier.VECTOR: None,
-                                  Tier.WORKFLOW: "gated://sw"}) as mem:
+    async with open_one_in_transit(clock) as mem:
         g = gate("sp")
         g.hold("put")
         try:
@@ -1130,11 +1136,7 @@ async def test_puts_waiting_for_room_are_woken_only_once_the_buffer_is_back_with
     Taking one item (deleted) leaves it still over: the puts keep waiting, not woken to wait
     again (``waits`` stays 2). Taking a second brings it within bound: both return at once,
     while the worker is still held."""
-    async with Memory.open(clock=clock, purge_interval=0, promote=False, spill_max_items=1,
-                           tiers={Tier.GPU: None, Tier.SESSION: "memory://?max_items=1",
-                                  Tier.CORTEX: "memory://?max_items=1",
-                                  Tier.PERSISTENT: "gated://sp", Tier.VECTOR: None,
-                                  Tier.WORKFLOW: "gated://sw"}) as mem:
+    async with open_one_in_transit(clock) as mem:
         g = gate("sp")
         g.hold("put", "c1")
         try:
