@@ -90,7 +90,7 @@ class Target:
 
     text: str
     measure: Literal["median_us", "speedup", "time_ratio"]
-    cmp: Literal["<=", ">="]
+    cmp: Literal["<=", ">=", ">"]
     bound: float
     against: str | None = None
 
@@ -153,7 +153,9 @@ class TargetResult:
     @property
     def passed(self) -> bool:
         t = self.target
-        return self.value <= t.bound if t.cmp == "<=" else self.value >= t.bound
+        if t.cmp == "<=":
+            return self.value <= t.bound
+        return self.value >= t.bound if t.cmp == ">=" else self.value > t.bound
 
     def as_dict(self) -> dict[str, Any]:
         t = self.target

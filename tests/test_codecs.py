@@ -156,6 +156,50 @@ def test_msgpack_roundtrips_plain_values_with_their_types(value: Any) -> None:
     assert same(roundtrip(msgpack_codec, value), value)
 
 
+# What measure sees besides plain data: keys that are not str, dict subclasses, deep lists.
+measure_inputs = st.recursive(
+    st.one_of(msgpack_scalars, st.just(np.zeros(3)), st.just(object())),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=6), st.integers(0, 3)), inner, max_size=4),
+        st.dictionaries(st.text(max_size=6), inner, max_size=3).map(collections.OrderedDict),
+    ),
+    max_leaves=20,
+)
+
+
+# Plain data only, mostly ASCII: what the fast measure walks without handing over.
+plain_inputs = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(),
+              st.text(st.characters(max_codepoint=127), max_size=6), st.text(max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(st.characters(max_codepoint=127), max_size=6), inner,
+                        max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+def _measured(measure: Any, value: Any, binary: bool) -> tuple[str, Any]:
+    try:
+        return "size", measure(value, binary)
+    except UnsupportedValueError as exc:
+        return "refused", str(exc)
+
+
+@given(st.one_of(plain_inputs, measure_inputs), st.booleans())
+@example({"k": 1, "s": "v", "l": [None, 1.5, "x", [{}]]}, True)
+@example({"": [np.zeros(3)], 0: None}, False)  # keys are checked before values
+@settings(max_examples=300)
+def test_the_fast_measure_equals_the_general_one(value: Any, binary: bool) -> None:
+    """The put path's measure (plain data in fewer steps) gives the general walk's size and
+    refuses what it refuses, with the same message, for either codec."""
+    from sophia_memory.codecs import _measure, _measure_plain
+    assert _measured(_measure_plain, value, binary) == _measured(_measure, value, binary)
+
+
 @pytest.mark.parametrize("value", [
     2**64, -(2**64), 2**63, -(2**63) - 1, 2**1000, -(2**1000),
     (), (1, (2, (3,))), [(), [()]], {"t": (b"x", None)}, b"", "", {"": {}},

@@ -148,6 +148,53 @@ def _measure(value: Any, binary: bool, depth: int = 0, tuples: int = 0) -> int:
     )
 
 
+def _measure_plain(value: Any, binary: bool = True, depth: int = 0) -> int:
+    """:func:`_measure` for the common case, in fewer steps: exact dicts with ASCII str keys
+    and lists of ASCII strs, 64-bit ints, floats, bools, None and such dicts and lists. The
+    first thing outside that (a tuple, bytes, an array, a big int, non-ASCII text, a
+    subclass) hands the container it is in to :func:`_measure`, which gives the same result
+    and raises the same errors (a test holds the two equal)."""
+    cls = type(value)
+    if depth > _MAX_DEPTH:
+        return _measure(value, binary, depth)
+    if cls is dict:
+        size = 5
+        try:
+            for k, item in value.items():
+                if type(k) is not str or not k.isascii():
+                    return _measure(value, binary, depth)
+                c = type(item)
+                if c is str and item.isascii():
+                    size += len(k) + len(item) + 10
+                elif (c is int and _INT_MIN <= item <= _UINT_MAX) or c is float \
+                        or c is bool or item is None:
+                    size += len(k) + 14
+                elif c is dict or c is list:
+                    size += len(k) + 5 + _measure_plain(item, binary, depth + 1)
+                else:
+                    return _measure(value, binary, depth)
+        except UnsupportedValueError:
+            # A value refused before every key was seen: _measure checks the keys first,
+            # and its error is the one to raise.
+            return _measure(value, binary, depth)
+        return size
+    if cls is list:
+        size = 5
+        for item in value:
+            c = type(item)
+            if c is str and item.isascii():
+                size += len(item) + 5
+            elif (c is int and _INT_MIN <= item <= _UINT_MAX) or c is float or c is bool \
+                    or item is None:
+                size += 9
+            elif c is dict or c is list:
+                size += _measure_plain(item, binary, depth + 1)
+            else:
+                return _measure(value, binary, depth)
+        return size
+    return _measure(value, binary, depth)
+
+
 def _pack_array(value: Any, kind: str) -> msgpack.ExtType:
     arr, dtype = to_numpy(value, kind)  # type: ignore[arg-type]
     header = msgpack.packb([kind, dtype, list(arr.shape)])
@@ -253,11 +300,11 @@ class MsgpackCodec:
 
     name = "msgpack"
 
-    def measure(self, value: Any) -> int:
-        return _measure(value, binary=True)
+    #: ``measure(value) -> int``: a plain function, one call less on every in-process put.
+    measure = staticmethod(_measure_plain)
 
     def encode(self, value: Any) -> bytes:
-        _measure(value, binary=True)
+        _measure_plain(value)
         try:
             return b"\x01" + _top_packb(value)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -285,10 +332,10 @@ class JsonCodec:
     name = "json"
 
     def measure(self, value: Any) -> int:
-        return _measure(value, binary=False)
+        return _measure_plain(value, False)
 
     def encode(self, value: Any) -> bytes:
-        _measure(value, binary=False)
+        _measure_plain(value, False)
         try:
             text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             return b"\x02" + text.encode()

@@ -315,16 +315,13 @@ class Memory:
         :class:`TierUnavailableError` when the home tier is off or failing.
         """
         core = self._core
-        slot = core.by_tier.get(tier) if type(tier) is Tier else None
-        if slot is None:
-            slot = core.slot(self._tier(tier))
-        if (type(slot) is InProcessTier and slot.tier is not Tier.GPU and pool is None
-                and meta is None and vector is None and expected_version is None):
+        home = core.local_homes.get(tier) if tier is None or type(tier) is Tier else None
+        if (home is not None and pool is None and meta is None and vector is None
+                and expected_version is None):
             # A live object to an in-process home (SESSION by default): the put without the
-            # work its other arguments need.
-            limit = core.config.max_key_bytes
-            if (type(key) is str and key and key.isascii() and len(key) <= limit
-                    and _SEP not in key):
+            # work its other arguments need, done at once unless the key is busy.
+            if (type(key) is str and key and key.isascii()
+                    and len(key) <= core.config.max_key_bytes and _SEP not in key):
                 full = self._prefix + key if self._prefix else key
             else:
                 full = self._key(key)
@@ -332,15 +329,19 @@ class Memory:
             size = core.codec.measure(value)
             if size > core.config.max_value_bytes:
                 raise ValueTooLargeError(size, core.config.max_value_bytes)
-            if not slot.fits(size):
-                raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
+            if not home.fits(size):
+                raise ValueTooLargeError(size, None, f"{home.tier} capacity")
             rec = Record(value, None if ttl is None else self._expiry(ttl, now), True, size,
                          next_version(), now, {})
-            if core.put_nowait(full, rec, slot):
-                if core.spiller.over():
-                    await core.spiller.wait_for_room()  # backpressure, holding no key
-                return None
-            return await core.write({full: rec}, slot)
+            if not core.writer.put_nowait(full, rec, home):
+                return await core.write({full: rec}, home)
+            if core.purger is None and core.purge_wanted:
+                core.start_purger()
+            spiller = core.spiller
+            if spiller.buffer and spiller.over():
+                await spiller.wait_for_room()  # backpressure, holding no key
+            return None
+        slot = home if home is not None else core.slot(self._tier(tier))
         full = self._key(key)
         if meta is not None:
             meta = check_meta(meta)  # every tier can keep it; columns get their types

@@ -136,6 +136,14 @@ class Engine:
                           if isinstance(t, InProcessTier))
         self.purge_wanted = config.purge_interval > 0 and any(
             isinstance(t, RemoteTier) and t.purging is not None for t in chain)
+        #: The homes a put may finish with ``writer.put_nowait``, by the ``tier=`` a put names
+        #: (None: the default tier): the in-process tiers other than GPU (whose values the
+        #: pools check first). Emptied on close, so a closed memory's puts take the general
+        #: way, which refuses them.
+        self.local_homes: dict[Tier | None, InProcessTier] = {
+            t.tier: t for t in chain if isinstance(t, InProcessTier) and t.tier is not Tier.GPU}
+        if config.default_tier in self.local_homes:
+            self.local_homes[None] = self.local_homes[config.default_tier]
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -243,20 +251,13 @@ class Engine:
         if self.spiller.over():
             await self.spiller.wait_for_room()  # backpressure, holding no key
         if self.purger is None and self.purge_wanted:
-            self.purger = asyncio.get_running_loop().create_task(self._purge_loop())
+            self.start_purger()
         return version
 
-    def put_nowait(self, key: str, rec: Record, tier: InProcessTier) -> bool:
-        """:meth:`write` of one record to an in-process home, done now when nothing needs a
-        suspension (see :meth:`.Writer.put_nowait`); False when it must be awaited. The
-        caller then relieves backpressure: ``if engine.spiller.over(): await
-        engine.spiller.wait_for_room()``."""
-        self.check_open()
-        if not self.writer.put_nowait(key, rec, tier):
-            return False
-        if self.purger is None and self.purge_wanted:
-            self.purger = asyncio.get_running_loop().create_task(self._purge_loop())
-        return True
+    def start_purger(self) -> None:
+        """Start the background purge of expired items in the tiers that purge (once a write
+        shows the memory in use on a running loop; :attr:`purge_wanted`)."""
+        self.purger = asyncio.get_running_loop().create_task(self._purge_loop())
 
     async def delete(self, keys: list[str]) -> int:
         self.check_open()
@@ -365,6 +366,7 @@ class Engine:
         with contextlib.suppress(Exception):
             await self.flush()
         self.closed = True
+        self.local_homes = {}
         await self.spiller.close()
         await self.promoter.close()
         if self.purger is not None:

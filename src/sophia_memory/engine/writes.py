@@ -63,15 +63,20 @@ class Writer:
                              for h in chain]
         self.local_above = [[t for t in reversed(self.local) if t.index < h.index]
                             for h in chain]
-        # Per home position: the in-process tiers below it that promotion fills, and whether
-        # a put there can be done without suspending (an in-process home with no remote tier
-        # promotion fills below it).
+        # Per home position: the in-process tiers below it that promotion fills.
         self.local_promoted_below = [
             [t for t in self.local if t.index > h.index and t.tier in _PROMOTED_INTO]
             for h in chain]
-        self.nowait = [isinstance(h, InProcessTier) and not any(
-            isinstance(t, RemoteTier) and t.tier in _PROMOTED_INTO for t in chain[h.index + 1:])
-            for h in chain]
+        #: Per home position, for :meth:`put_nowait`: None where a put cannot be done without
+        #: suspending (not an in-process home, or a remote tier that promotion fills lies
+        #: below it), else (the in-process tiers promotion fills below it, the in-process
+        #: tiers above it).
+        self.nowait_plan: list[tuple[list[InProcessTier], list[InProcessTier]] | None] = [
+            (self.local_promoted_below[h.index], self.local_above[h.index])
+            if isinstance(h, InProcessTier) and not any(
+                isinstance(t, RemoteTier) and t.tier in _PROMOTED_INTO
+                for t in chain[h.index + 1:])
+            else None for h in chain]
 
     def put_nowait(self, key: str, rec: Record, home: InProcessTier) -> bool:
         """The whole put of one record to an in-process home, done now, if it needs no
@@ -82,7 +87,8 @@ class Writer:
         order = self.order
         stripe = hash(key) & MASK
         spiller = self.spiller
-        if not self.nowait[home.index] or order.locks[stripe].locked() or key in spiller.copies:
+        plan = self.nowait_plan[home.index]
+        if plan is None or order.locks[stripe].locked() or key in spiller.copies:
             return False
         order.gens[stripe] += 2
         order.epoch += 2
@@ -92,10 +98,11 @@ class Writer:
             entry = spiller.buffer.get(key)
             if entry is not None and not _same_item(entry.record, rec):
                 spiller.take(key)
-        for tier in self.local_promoted_below[home.index]:
+        promoted_below, above = plan
+        for tier in promoted_below:
             if key in tier.resident:
                 tier.pop_copy(key)
-        for near in self.local_above[home.index]:
+        for near in above:
             if key in near.resident:
                 near.pop_nowait(key)
         if spiller.copies:
