@@ -30,6 +30,7 @@ from sophia_memory import (
     TierUnavailableError,
 )
 from sophia_memory.backends import Backend, BackendURL, register
+from sophia_memory.engine import InProcessTier
 from sophia_memory.engine.ordering import STRIPES, KeyOrder
 from sophia_memory.testing import SharedGatedBackend, gate, gated_data, reset_gated
 
@@ -961,6 +962,31 @@ async def test_signed_pickle_memory_reads_back_what_a_slow_tier_stored(
                       tiers=tiers(PERSISTENT="plainmut://signed")) as mem:
         await mem.put("k", {"a": (1, 2)}, tier=Tier.PERSISTENT)
         assert await mem.get("k") == {"a": (1, 2)}
+
+
+async def test_get_many_reads_each_in_process_tier_through_its_lookup(
+        clock: ManualClock) -> None:
+    """get_many asks each in-process tier for a batch's records by ``lookup``: the store's
+    own dict ``get`` where its records are that dict's items (SESSION), the read behind a
+    membership test elsewhere (the GPU host pools); hits, misses and expiry as before."""
+    import numpy as np
+    async with opened(clock, gpu_reserve=0, tiers=tiers(
+            GPU="host://?memory=1MiB", SESSION="memory://")) as mem:
+        gpu, session = mem._core.by_tier[Tier.GPU], mem._core.by_tier[Tier.SESSION]
+        assert isinstance(gpu, InProcessTier) and isinstance(session, InProcessTier)
+        assert session.lookup == session.resident.get  # type: ignore[attr-defined]
+        assert gpu.lookup == gpu._lookup
+        array = np.arange(4, dtype=np.float32)
+        await mem.put("a", array, tier=Tier.GPU)
+        await mem.put("s", {"v": 1})
+        await mem.put("gone", 2, ttl=1)
+        clock.advance(1)
+        got = await mem.get_many(["a", "s", "missing", "gone"])
+        assert set(got) == {"a", "s"} and got["s"] == {"v": 1}
+        assert np.array_equal(got["a"], array)
+        stats = mem.stats()["tiers"]
+        assert (stats["GPU"]["hits"], stats["GPU"]["misses"]) == (1, 3)
+        assert (stats["SESSION"]["hits"], stats["SESSION"]["misses"]) == (1, 2)
 
 
 async def test_a_memory_of_in_process_tiers_runs_no_purge_task(clock: ManualClock) -> None:

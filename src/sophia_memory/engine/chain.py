@@ -143,12 +143,12 @@ class TierChain:
             if not resident:  # an empty tier (often the GPU pools): nothing to look at
                 near.stats.misses += len(remaining)
                 continue
-            read, touch, rest, live = near.read, near.touch, [], 0
+            lookup, touch, rest, live = near.lookup, near.touch, [], 0
             for k in remaining:
-                if k not in resident:
+                rec = lookup(k)
+                if rec is None:
                     rest.append(k)
                     continue
-                rec = read(k)
                 touch(k)
                 exp = rec.expires_at
                 if exp is not None and exp <= now:

@@ -80,8 +80,8 @@ class _Handle:
 class InProcessTier(_Handle):
     """An in-process tier: records hold live objects, every operation is synchronous."""
 
-    __slots__ = ("discard", "fits", "peek", "pop_nowait", "purging", "put_nowait", "read",
-                 "resident", "touch")
+    __slots__ = ("discard", "fits", "lookup", "peek", "pop_nowait", "purging", "put_nowait",
+                 "read", "resident", "touch")
 
     def __init__(self, tier: Tier, backend: Backend, index: int, store: ObjectStore) -> None:
         super().__init__(tier, backend, index)
@@ -94,7 +94,17 @@ class InProcessTier(_Handle):
         self.pop_nowait = store.pop_nowait
         self.discard = store.discard
         self.fits = store.fits
+        resident = store.resident
+        #: ``lookup(key)``: the record of ``key`` or None, without marking it used; the
+        #: resident dict's own ``get`` where ``read`` is that dict's item lookup (one C-level
+        #: call per key of a batch read instead of two).
+        self.lookup: Callable[[str], Record | None] = (
+            resident.get if isinstance(resident, dict)
+            and store.read == getattr(resident, "__getitem__", None) else self._lookup)
         self.purging: Purging | None = backend if isinstance(backend, Purging) else None
+
+    def _lookup(self, key: str) -> Record | None:
+        return self.read(key) if key in self.resident else None
 
     def pop_copy(self, key: str) -> None:
         """Drop ``key`` here if what is held is a copy (not an item whose home this is)."""
