@@ -168,6 +168,45 @@ def test_lists_nest_up_to_the_depth_limit_and_no_deeper() -> None:
             MSGPACK.measure(_nested(130, wrap))
 
 
+def test_dicts_nest_up_to_the_depth_limit() -> None:
+    deepest = _nested(129, lambda v: {"k": v})
+    assert MSGPACK.measure(deepest) == 129 * 11 + 9
+    assert MSGPACK.decode(MSGPACK.encode(deepest)) == deepest
+
+
+# Where measure's fast walk meets something it does not take itself, at depth 1: the general
+# walk must go on with the codec and the depth it was given.
+_HAND_OVERS = {
+    "bytes in a list": lambda deep: [[b"x", deep]],
+    "bytes in a dict": lambda deep: [{"a": b"x", "b": deep}],
+    "a non-ASCII key": lambda deep: [{"\u00e9": deep}],
+    "a tuple in a list": lambda deep: [[(1,), deep]],
+    "a big int in a dict": lambda deep: [{"a": 2**70, "b": deep}],
+}
+
+
+@pytest.mark.parametrize("hand_over", list(_HAND_OVERS), ids=list(_HAND_OVERS))
+def test_measure_hands_over_with_the_depth_it_reached(hand_over: str) -> None:
+    build = _HAND_OVERS[hand_over]
+    # a chain of n lists under the container at depth 1 reaches depth n + 1
+    assert MSGPACK.measure(build(_nested(127, lambda v: [v]))) > 0  # deepest: 128
+    with pytest.raises(UnsupportedValueError, match="nested deeper than 128 levels"):
+        MSGPACK.measure(build(_nested(128, lambda v: [v])))  # deepest: 129
+
+
+@pytest.mark.parametrize("value", [
+    {"k": b"xy"}, {"\u00e9": b"xy"}, [b"xy"], {"k": [b"xy"]}, [{"k": b"xy"}], [[b"xy"]],
+    {"k": {"\u00e9": b"xy"}}, {"k": np.zeros(2)},
+], ids=repr)
+def test_measure_hands_over_with_its_codec(value: Any) -> None:
+    """msgpack stores bytes and arrays wherever the fast walk hands them over; JSON refuses
+    them there."""
+    from sophia_memory.codecs import _measure
+    assert MSGPACK.measure(value) == _measure(value, True) > 0
+    with pytest.raises(UnsupportedValueError, match=r"this codec \(json\) cannot store"):
+        JSON.measure(value)
+
+
 def test_lists_do_not_count_against_the_tuple_limit() -> None:
     value = _nested(40, lambda v: [v])
     assert MSGPACK.decode(MSGPACK.encode(value)) == value
