@@ -32,6 +32,16 @@ from .test_redis_state_machine import _redis_reachable
 GATED = {Tier.CORTEX: "cc", Tier.PERSISTENT: "cp", Tier.WORKFLOW: "cw"}
 
 
+def open_over_gated(machine: ConcurrentMemoryStateMachine, session: str) -> Memory:
+    """The machine's memory: SESSION at ``session``, the slower tiers gated (fresh, each
+    interleaving by the machine's seed), no GPU or VECTOR."""
+    reset_gated()
+    tiers: dict[Tier, str | None] = {Tier.GPU: None, Tier.VECTOR: None, Tier.SESSION: session}
+    for i, (tier, name) in enumerate(GATED.items()):
+        tiers[tier] = f"gated://{name}?yields=3&seed={machine.seed + i}"
+    return Memory.open(tiers=tiers, clock=machine.clock, purge_interval=0)
+
+
 class GatedConcurrentMachine(ConcurrentMemoryStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -43,13 +53,8 @@ class GatedConcurrentMachine(ConcurrentMemoryStateMachine):
         self.policy, self.session_items = policy, session_items
 
     def make_memory(self) -> Memory:
-        reset_gated()
-        tiers: dict[Tier, str | None] = {
-            Tier.GPU: None, Tier.VECTOR: None,
-            Tier.SESSION: f"memory://?max_items={self.session_items}&policy={self.policy}"}
-        for i, (tier, name) in enumerate(GATED.items()):
-            tiers[tier] = f"gated://{name}?yields=3&seed={self.seed + i}"
-        return Memory.open(tiers=tiers, clock=self.clock, purge_interval=0)
+        return open_over_gated(
+            self, f"memory://?max_items={self.session_items}&policy={self.policy}")
 
     def teardown(self) -> None:
         try:
@@ -64,14 +69,9 @@ class RedisConcurrentMachine(ConcurrentMemoryStateMachine):
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
     def make_memory(self) -> Memory:
-        reset_gated()
         self.prefix = f"smcc:{uuid.uuid4().hex}:"
         sep = "&" if "?" in self.url else "?"
-        tiers: dict[Tier, str | None] = {Tier.GPU: None, Tier.VECTOR: None,
-                                         Tier.SESSION: f"{self.url}{sep}prefix={self.prefix}"}
-        for i, (tier, name) in enumerate(GATED.items()):
-            tiers[tier] = f"gated://{name}?yields=3&seed={self.seed + i}"
-        return Memory.open(tiers=tiers, clock=self.clock, purge_interval=0)
+        return open_over_gated(self, f"{self.url}{sep}prefix={self.prefix}")
 
     def teardown(self) -> None:
         try:

@@ -24,9 +24,10 @@ from sophia_memory.codecs import Codec, codec_from_name
 from sophia_memory.engine import spill as spill_module
 from sophia_memory.engine.handles import InProcessTier
 from sophia_memory.engine.ordering import KeyOrder
+from sophia_memory.engine.promotion import Promoter
 from sophia_memory.engine.spill import Spiller
 from sophia_memory.errors import ValueTooLargeError
-from sophia_memory.testing import gate, gated_data, reset_gated
+from sophia_memory.testing import Gate, gate, gated_data, reset_gated
 from sophia_memory.tiers import Record
 
 from .conftest import apart
@@ -320,10 +321,8 @@ async def test_a_value_that_became_unencodable_is_dropped_with_its_reason(
         g = gate("sp")
         g.hold("put", first)
         try:
-            await mem.put(first, 0, tier=Tier.CORTEX)
             value: list[Any] = [1]
-            await mem.put(y, 1, tier=Tier.CORTEX)  # first is on its way, held
-            assert await g.wait_blocked("put", first)
+            await put_two_holding_the_first(mem, g, first, y, values=(0, 1))
             await mem.put(bad, value, tier=Tier.CORTEX)  # y waits in the buffer
             await mem.put(z, 2, tier=Tier.CORTEX)  # bad waits
             await mem.put("last", 3, tier=Tier.CORTEX)  # z waits
@@ -348,9 +347,7 @@ async def test_an_item_that_expires_in_transit_is_not_spilled(clock: ManualClock
         g = gate("sp")
         g.hold("put", first)
         try:
-            await mem.put(first, 0, tier=Tier.CORTEX)
-            await mem.put(y, 1, tier=Tier.CORTEX)
-            assert await g.wait_blocked("put", first)
+            await put_two_holding_the_first(mem, g, first, y, values=(0, 1))
             await mem.put(old, "old", tier=Tier.CORTEX, ttl=5)
             await mem.put(z, 2, tier=Tier.CORTEX)
             await mem.put("last", 3, tier=Tier.CORTEX)
@@ -410,6 +407,22 @@ async def test_a_bug_while_spilling_drops_the_batch_and_is_logged(
         assert mem.stats()["spill"]["items"] == 0
 
 
+async def spin(times: int = 20) -> None:
+    """Let the loop run ``times`` rounds (the spiller's worker and the waiting puts step)."""
+    for _ in range(times):
+        await asyncio.sleep(0)
+
+
+async def put_two_holding_the_first(mem: Memory, g: Gate, first: str, second: str,
+                                    values: tuple[Any, Any] = (1, 2)) -> None:
+    """Put ``first`` then ``second`` to CORTEX (one item): ``first`` is evicted and its spill
+    to PERSISTENT waits at ``g`` (the caller holds its puts); ``second`` is then what the
+    next put evicts."""
+    await mem.put(first, values[0], tier=Tier.CORTEX)
+    await mem.put(second, values[1], tier=Tier.CORTEX)
+    assert await g.wait_blocked("put", first)
+
+
 def open_one_in_transit(clock: ManualClock) -> Memory:
     """A spill buffer of one item below in-process SESSION and CORTEX of one item each, over
     gated PERSISTENT ("sp") and WORKFLOW ("sw"), promotion off."""
@@ -426,16 +439,12 @@ async def test_closing_the_spiller_releases_a_put_waiting_for_room(clock: Manual
         g = gate("sp")
         g.hold("put")
         try:
-            await mem.put("c1", 1, tier=Tier.CORTEX)
-            await mem.put("c2", 2, tier=Tier.CORTEX)  # c1 on its way, held
-            assert await g.wait_blocked("put", "c1")
+            await put_two_holding_the_first(mem, g, "c1", "c2")
             waiting = asyncio.ensure_future(mem.put("c3", 3, tier=Tier.CORTEX))  # c2 waits
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             assert not waiting.done() and mem.stats()["spill"]["waits"] >= 1
             await spiller_of(mem).close()
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             assert waiting.done()
             await waiting
         finally:
@@ -551,9 +560,7 @@ async def test_the_spill_buffer_counts_its_items_and_bytes(clock: ManualClock) -
         g = gate("sp")
         g.hold("put", first)
         try:
-            await mem.put(first, 0, tier=Tier.CORTEX)
-            await mem.put("x", 1, tier=Tier.CORTEX)  # first on its way, held
-            assert await g.wait_blocked("put", first)
+            await put_two_holding_the_first(mem, g, first, "x", values=(0, 1))
             await mem.put_many({a: "1", b: "2"}, tier=Tier.CORTEX)  # x and a wait
             await mem.put_many({a: "333", c: "4"}, tier=Tier.CORTEX)  # b, a again
             sp = spiller_of(mem)
@@ -889,17 +896,13 @@ async def test_a_put_waits_only_while_the_spill_buffer_is_over_its_bound(
         g = gate("sp")
         g.hold("put", "c1")
         try:
-            await mem.put("c1", "vvvv", tier=Tier.CORTEX)
-            await mem.put("c2", "vvvv", tier=Tier.CORTEX)  # c1 on its way, held
-            assert await g.wait_blocked("put", "c1")
+            await put_two_holding_the_first(mem, g, "c1", "c2", values=("vvvv", "vvvv"))
             at_bound = asyncio.ensure_future(mem.put("c3", "vvvv", tier=Tier.CORTEX))
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             assert at_bound.done() and mem.stats()["spill"]["items"] == 2
             over = [asyncio.ensure_future(mem.put(f"c{i}", "vvvv", tier=Tier.CORTEX))
                     for i in (4, 5)]
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             assert not any(t.done() for t in over)
             assert mem.stats()["spill"]["waits"] == 2
         finally:
@@ -972,6 +975,19 @@ class Abort(BaseException):
     """Not an Exception: nothing may swallow it on the way out."""
 
 
+async def read_k_and_wait_for_its_promotion(
+        mem: Memory) -> tuple[Promoter, asyncio.Task[None]]:
+    """Put k (1) to PERSISTENT, read it, and wait until the promotion worker the read started
+    has finished; the promoter and its finished worker."""
+    await mem.put("k", 1, tier=Tier.PERSISTENT)
+    assert await mem.get("k") == 1
+    promoter = mem._core.promoter
+    worker = promoter.worker
+    assert worker is not None
+    await asyncio.wait([worker])
+    return promoter, worker
+
+
 async def test_closing_the_promoter_lets_through_what_is_not_an_exception(
         clock: ManualClock) -> None:
     """A promotion worker that died of a BaseException that is not an Exception passes it
@@ -983,12 +999,7 @@ async def test_closing_the_promoter_lets_through_what_is_not_an_exception(
             raise Abort
 
         backend.put = aborting  # type: ignore[method-assign]
-        await mem.put("k", 1, tier=Tier.PERSISTENT)
-        assert await mem.get("k") == 1
-        promoter = mem._core.promoter
-        worker = promoter.worker
-        assert worker is not None
-        await asyncio.wait([worker])
+        promoter, _ = await read_k_and_wait_for_its_promotion(mem)
         with pytest.raises(Abort):
             await promoter.close()
         promoter.worker = None  # its outcome is retrieved: the memory closes as usual
@@ -1017,8 +1028,7 @@ async def y_waits_for_its_stripe(mem: Memory, y: str, w: str, evictor: str,
     writer = asyncio.ensure_future(mem.put(w, "vw", tier=Tier.PERSISTENT))
     assert await sp.wait_blocked("put", w, unless=writer)  # holds y's stripe
     await mem.put(evictor, value, tier=Tier.CORTEX)  # evicts y into the buffer
-    for _ in range(20):  # the spiller takes y and waits for its stripe
-        await asyncio.sleep(0)
+    await spin()  # the spiller takes y and waits for its stripe
     return writer
 
 
@@ -1140,25 +1150,19 @@ async def test_puts_waiting_for_room_are_woken_only_once_the_buffer_is_back_with
         g = gate("sp")
         g.hold("put", "c1")
         try:
-            await mem.put("c1", 1, tier=Tier.CORTEX)
-            await mem.put("c2", 2, tier=Tier.CORTEX)  # c1 on its way, held
-            assert await g.wait_blocked("put", "c1")
+            await put_two_holding_the_first(mem, g, "c1", "c2")
             w3 = asyncio.ensure_future(mem.put("c3", 3, tier=Tier.CORTEX))  # c2 evicted
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             w4 = asyncio.ensure_future(mem.put("c4", 4, tier=Tier.CORTEX))  # c3 evicted
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             sp = spiller_of(mem)
             assert set(sp.buffer) == {"c1", "c2", "c3"}
             assert not w3.done() and not w4.done() and sp.waits == 2
             await mem.delete("c3")  # two items: still over the bound of one
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             assert not w3.done() and not w4.done() and sp.waits == 2
             await mem.delete("c2")  # within the bound: both puts go on
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await spin()
             assert w3.done() and w4.done() and sp.waits == 2
             assert g.blocked("put", "c1")
             await asyncio.gather(w3, w4)
@@ -1177,8 +1181,7 @@ async def test_a_closed_spiller_starts_no_worker(clock: ManualClock) -> None:
         assert sp.closed is True
         await mem.put("c1", 1, tier=Tier.CORTEX)
         await mem.put("c2", 2, tier=Tier.CORTEX)  # c1 evicted into the buffer
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await spin()
         assert sp._worker is None and list(sp.buffer) == ["c1"]
         await sp.drain()
         assert "c1" not in gated_data("sp") and list(sp.buffer) == ["c1"]
@@ -1245,12 +1248,7 @@ async def test_closing_the_promoter_swallows_the_error_its_worker_died_of(
         promotion_log.setLevel(logging.DEBUG)
         promotion_log.addHandler(handler)
         try:
-            await mem.put("k", 1, tier=Tier.PERSISTENT)
-            assert await mem.get("k") == 1
-            promoter = mem._core.promoter
-            worker = promoter.worker
-            assert worker is not None
-            await asyncio.wait([worker])
+            promoter, worker = await read_k_and_wait_for_its_promotion(mem)
         finally:
             promotion_log.removeHandler(handler)
             promotion_log.setLevel(level)

@@ -36,6 +36,7 @@ from sophia_memory.testing import (
     gated_data,
     reset_gated,
 )
+from sophia_memory.testing.concurrent import perform
 from sophia_memory.testing.memory import exercised
 
 KEYS = ("k0", "k1", "k2")
@@ -110,25 +111,11 @@ def programs(draw: st.DrawFn) -> Program:
 
 
 async def run_op(client: RecordingClient, op: Op, step: int) -> None:
-    kind = op[0]
-    value = f"{client.name}.{step}"  # every value is written once
-    if kind == "put":
-        await client.put(op[1], value, tier=op[2])
-    elif kind == "put_many":
-        await client.put_many({k: f"{value}.{k}" for k in op[1]}, tier=op[2])
-    elif kind == "delete":
-        await client.delete(op[1])
-    elif kind == "delete_many":
-        await client.delete_many(op[1])
-    elif kind == "get":
-        await client.get(op[1])
-    elif kind == "get_many":
-        await client.get_many(op[1])
-    elif kind == "flush":
-        await client.flush()
-    else:
+    if op[0] == "pause":
         for _ in range(op[1]):
             await asyncio.sleep(0)
+    else:
+        await perform(client, op, f"{client.name}.{step}")  # every value is written once
 
 
 #: What the generated runs exercised, summed over all of them.

@@ -41,7 +41,7 @@ from ..tiers import Tier
 from .linearizability import HistoryRecorder, RecordingClient
 from .memory import exercised
 
-__all__ = ["ConcurrentMemoryStateMachine"]
+__all__ = ["ConcurrentMemoryStateMachine", "perform"]
 
 Op = tuple[Any, ...]
 
@@ -59,6 +59,30 @@ def _operations(keys: tuple[str, ...], homes: tuple[Tier, ...]) -> st.SearchStra
         st.tuples(st.just("get_many"), key_set),
         st.tuples(st.just("flush")),
     )
+
+
+async def perform(client: RecordingClient, op: Op, value: str) -> None:
+    """Run ``op`` through ``client``: ``("put", key, tier)``, ``("put_many", keys, tier)``
+    (each key's value is ``value.key``), ``("delete", key)``, ``("delete_many", keys)``,
+    ``("get", key)``, ``("get_many", keys)`` or ``("flush",)``; ``value`` should be written
+    once in a history, so that every read names the write it saw."""
+    kind = op[0]
+    if kind == "put":
+        await client.put(op[1], value, tier=op[2])
+    elif kind == "put_many":
+        await client.put_many({k: f"{value}.{k}" for k in op[1]}, tier=op[2])
+    elif kind == "delete":
+        await client.delete(op[1])
+    elif kind == "delete_many":
+        await client.delete_many(op[1])
+    elif kind == "get":
+        await client.get(op[1])
+    elif kind == "get_many":
+        await client.get_many(op[1])
+    elif kind == "flush":
+        await client.flush()
+    else:
+        raise ValueError(f"unknown operation {op!r}")
 
 
 _KEYS = ("k0", "k1", "k2")
@@ -111,22 +135,7 @@ class ConcurrentMemoryStateMachine(RuleBasedStateMachine):
         return self.recorder.client(f"c{index}")
 
     async def _perform(self, client: RecordingClient, op: Op) -> None:
-        kind = op[0]
-        value = f"{client.name}.{next(self._values)}"  # every value is written once
-        if kind == "put":
-            await client.put(op[1], value, tier=op[2])
-        elif kind == "put_many":
-            await client.put_many({k: f"{value}.{k}" for k in op[1]}, tier=op[2])
-        elif kind == "delete":
-            await client.delete(op[1])
-        elif kind == "delete_many":
-            await client.delete_many(op[1])
-        elif kind == "get":
-            await client.get(op[1])
-        elif kind == "get_many":
-            await client.get_many(op[1])
-        else:
-            await client.flush()
+        await perform(client, op, f"{client.name}.{next(self._values)}")
 
     def _turn(self, turns: int) -> None:
         async def yields() -> None:
