@@ -45,7 +45,8 @@ TRACES = ("cloudphysics-io", "lirs-multi1", "lirs-sprite")
 SIZES = (0.01, 0.05, 0.10, 0.20)
 #: libCacheSim's policies in the study (its class names), in the order of the issue's table.
 LCS = ("LRU", "FIFO", "ARC", "S3FIFO", "Sieve", "WTinyLFU", "LIRS")
-OURS = tuple(f"sophia-{name}" for name in ("lru", "fifo", "sieve", "s3fifo", "wtinylfu"))
+OURS = tuple(f"sophia-{name}" for name in ("lru", "fifo", "sieve", "s3fifo", "wtinylfu",
+                                            "adaptive"))
 
 Trace = list[Any]
 
@@ -203,7 +204,7 @@ def run(trace_dir: Path, with_refs: bool) -> dict[str, Any]:
                     row["seconds"]["theine"] = round(time.perf_counter() - t0, 2)
                 row["miss_ratio"] = {k: round(v / n, 4) for k, v in row["misses"].items()}
                 row["hierarchy"] = {}
-                for name in ("lru", "sieve", "s3fifo", "wtinylfu"):
+                for name in ("lru", "sieve", "s3fifo", "wtinylfu", "adaptive"):
                     for adm in (False, True):
                         label = f"{name}, {'admission' if adm else 'always promote'}"
                         row["hierarchy"][label] = round(

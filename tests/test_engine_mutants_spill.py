@@ -51,9 +51,10 @@ def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def open_memory(clock: ManualClock, *, session: int = 1, cortex: int = 1,
                 promote: bool = False) -> Memory:
+    """SESSION and CORTEX in process, LRU (the tests count on the oldest going first)."""
     return Memory.open(clock=clock, purge_interval=0, promote=promote, tiers={
-        Tier.GPU: None, Tier.SESSION: f"memory://?max_items={session}",
-        Tier.CORTEX: f"memory://?max_items={cortex}", Tier.PERSISTENT: "gated://sp",
+        Tier.GPU: None, Tier.SESSION: f"memory://?max_items={session}&policy=lru",
+        Tier.CORTEX: f"memory://?max_items={cortex}&policy=lru", Tier.PERSISTENT: "gated://sp",
         Tier.VECTOR: None, Tier.WORKFLOW: "gated://sw"})
 
 

@@ -293,7 +293,7 @@ def _check_output(name: str, out: str, session: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_example_runs_on_the_embedded_default(name: str, tmp_path: Path) -> None:
     out = await _run_async([str(EXAMPLES / name)], tmp_path)
-    _check_output(name, out, "in-process lru (max_items=100000, max_bytes=536870912)")
+    _check_output(name, out, "in-process adaptive (max_items=100000, max_bytes=536870912)")
     assert list((tmp_path / "tmp").iterdir()) == []  # its temporary files are gone
     assert not (tmp_path / "xdg").exists()  # nothing in the user's data directory
 

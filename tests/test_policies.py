@@ -277,7 +277,8 @@ def test_admission_is_exposed_by_the_in_process_backend() -> None:
 def test_names_and_refusal() -> None:
     assert policy_name("W-TinyLFU") == "wtinylfu"
     assert policy_name("S3_FIFO") == "s3fifo"
-    with pytest.raises(ConfigError, match="choose one of fifo, lru, s3fifo, sieve, wtinylfu"):
+    with pytest.raises(ConfigError,
+                       match="choose one of adaptive, fifo, lru, s3fifo, sieve, wtinylfu"):
         policy_from_name("arc")
 
 

@@ -15,6 +15,8 @@ from sophia_memory import InvalidKeyError, ManualClock, Memory, Tier
 
 from .conftest import small_memory
 
+#: These tests count on the order of eviction (the oldest first), not on the default policy.
+LRU_SESSION = {Tier.SESSION: "memory://?max_items=4&policy=lru"}
 EPS = 2.0**-10  # exactly representable: start + ttl - EPS + EPS == start + ttl
 TABLES = {Tier.CORTEX: "cortex_cache", Tier.PERSISTENT: "persistent",
           Tier.WORKFLOW: "workflow"}
@@ -147,7 +149,7 @@ async def test_ttl_is_carried_through_promotion_into_gpu(mem: Memory,
 
 async def test_ttl_is_carried_through_spill(tmp_path: Path, clock: ManualClock) -> None:
     start = clock.time()
-    async with small_memory(tmp_path, clock) as mem:  # SESSION holds 4 items
+    async with small_memory(tmp_path, clock, tiers=LRU_SESSION) as mem:  # holds 4 items
         for i in range(7):
             await mem.put(f"k{i}", i, tier=Tier.SESSION, ttl=100 + i)
         await mem.flush()
@@ -171,7 +173,7 @@ async def test_ttl_is_carried_through_spill(tmp_path: Path, clock: ManualClock) 
 
 
 async def test_expired_items_are_not_spilled(tmp_path: Path, clock: ManualClock) -> None:
-    async with small_memory(tmp_path, clock) as mem:
+    async with small_memory(tmp_path, clock, tiers=LRU_SESSION) as mem:
         for i in range(4):
             await mem.put(f"old{i}", i, tier=Tier.SESSION, ttl=1)
         clock.advance(1)
