@@ -112,7 +112,8 @@ class _Shadow:
     """A cache of keys and sizes run by one policy under the store's bounds: what that policy
     would hold had it decided every eviction."""
 
-    __slots__ = ("bytes", "evicted", "max_bytes", "max_items", "policy", "score", "sizes")
+    __slots__ = ("access", "bytes", "evicted", "insert", "max_bytes", "max_items", "policy",
+                 "remove", "score", "sizes", "victim")
 
     def __init__(self, policy: EvictionPolicy, max_items: int | None,
                  max_bytes: int | None) -> None:
@@ -123,33 +124,38 @@ class _Shadow:
         self.score = 0.0  # recent hits, decayed
         self.evicted: list[str] = []
         policy.bind(max_items, max_bytes, self.sizes.__getitem__)
+        # Bound after bind, which may choose them.
+        self.access, self.insert = policy.access, policy.insert
+        self.remove, self.victim = policy.remove, policy.victim
 
     def request(self, key: str, size: int) -> bool:
         """One read or write of ``key`` (``size`` bytes): True if this shadow held it. Keys
         it gives up to make room are appended to :attr:`evicted`."""
+        old = self.sizes.get(key)
+        if old == size:
+            self.access(key)
+            return True
+        return self.miss(key, size, old)
+
+    def miss(self, key: str, size: int, old: int | None) -> bool:
+        """:meth:`request` of a key not held, or held with another size (``old``): insert
+        it, making room first."""
         sizes = self.sizes
-        old = sizes.get(key)
         if old is not None:
-            if old == size:
-                self.policy.access(key)
-                return True
             del sizes[key]
             self.bytes -= old
-            self.policy.remove(key)
-        self._make_room(size)
-        sizes[key] = size
-        self.bytes += size
-        self.policy.insert(key)
-        return old is not None
-
-    def _make_room(self, size: int) -> None:
-        sizes, max_items, max_bytes = self.sizes, self.max_items, self.max_bytes
+            self.remove(key)
+        max_items, max_bytes = self.max_items, self.max_bytes
         while sizes and ((max_items is not None and len(sizes) >= max_items)
                          or (max_bytes is not None and self.bytes + size > max_bytes)):
-            key = self.policy.victim()
-            self.bytes -= sizes.pop(key)
-            self.policy.remove(key)
-            self.evicted.append(key)
+            out = self.victim()
+            self.bytes -= sizes.pop(out)
+            self.remove(out)
+            self.evicted.append(out)
+        sizes[key] = size
+        self.bytes += size
+        self.insert(key)
+        return old is not None
 
 
 def _experts() -> list[EvictionPolicy]:
@@ -291,16 +297,20 @@ class AdaptivePolicy(BufferedReads):
         decay, leader, held = self._decay, self.leader, self._held
         best, top = leader, -1.0
         for index, shadow in enumerate(self._shadows):
-            hit = shadow.request(key, size)
-            score = shadow.score = shadow.score * decay + hit
+            old = shadow.sizes.get(key)
+            if old == size:  # a hit: Shadow.request, inlined
+                shadow.access(key)
+                score = shadow.score = shadow.score * decay + 1.0
+            else:
+                score = shadow.score = shadow.score * decay + shadow.miss(key, size, old)
+                if shadow.evicted:
+                    if index == leader:
+                        for gone in shadow.evicted:
+                            if gone in held:
+                                self._doomed[gone] = None
+                    shadow.evicted.clear()
             if score > top:
                 best, top = index, score
-            if shadow.evicted:
-                if index == leader:
-                    for gone in shadow.evicted:
-                        if gone in held:
-                            self._doomed[gone] = None
-                shadow.evicted.clear()
         self._requests += 1
         if best != leader and top > self._shadows[leader].score \
                 and self._requests >= self._next_check:
