@@ -330,8 +330,9 @@ async def test_a_session_put_is_not_shadowed_by_gpus_older_item_evicted_meanwhil
     (in transit to CORTEX), in SESSION in front of it."""
     stripe = hash("k") & MASK
     others = [c for i in range(10_000) if hash(c := f"o{i}") & MASK != stripe][:6]
+    # SESSION by LRU: the puts below count on evicting the oldest first.
     tiers: dict[Tier, str | None] = {Tier.GPU: "host://?memory=4KiB",
-                                     Tier.SESSION: "memory://?max_items=2",
+                                     Tier.SESSION: "memory://?max_items=2&policy=lru",
                                      Tier.CORTEX: f"gated://ov{int(in_transit)}"}
     async with _open(tmp_path, clock, f"overwrite{int(in_transit)}", tiers) as mem:
         await mem.put("k", "s0", tier=Tier.SESSION)
