@@ -6,8 +6,11 @@ hit-ratio bar on the shared traces in tests/test_policies_traces.py.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from sophia_memory import ManualClock, Memory, Tier
 from sophia_memory.policies import (
     AdaptivePolicy,
     BoundedStore,
@@ -209,3 +212,22 @@ def test_the_admitting_s3fifo_counts_reads_at_once() -> None:
 
 def test_adaptive_is_a_policy_by_name() -> None:
     assert isinstance(policy_from_name("adaptive"), AdaptivePolicy)
+
+
+async def test_stats_say_whom_the_default_policy_follows(tmp_path: Path) -> None:
+    """Memory.stats names the shadow the SESSION tier follows and counts the switches; a
+    recency workload moves it from S3-FIFO to LRU."""
+    async with Memory.open(path=str(tmp_path / "m.db"), clock=ManualClock(),
+                           tiers={Tier.GPU: None, Tier.SESSION: "memory://?max_items=12"},
+                           cache_only={Tier.SESSION}) as mem:
+        stats = mem.stats()["tiers"]["SESSION"]["backend_stats"]
+        assert stats["policy"] == "adaptive"
+        assert stats["following"] == "S3FIFOPolicy" and stats["policy_switches"] == 0
+        for key in _twice(3000, 5):
+            if await mem.get(key) is None:
+                await mem.put(key, 1, tier=Tier.SESSION)
+        stats = mem.stats()["tiers"]["SESSION"]["backend_stats"]
+        assert stats["following"] == "LRUPolicy" and stats["policy_switches"] >= 1
+    async with Memory.open(path=str(tmp_path / "n.db"),
+                           tiers={Tier.GPU: None, Tier.SESSION: "memory://?policy=lru"}) as mem:
+        assert "following" not in mem.stats()["tiers"]["SESSION"]["backend_stats"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...policies import (
     DEFAULT_POLICY,
+    AdaptivePolicy,
     BoundedStore,
     EvictionListener,
     policy_from_name,
@@ -82,8 +83,12 @@ class MemoryBackend(Backend):
 
     def stats(self) -> dict[str, Any]:
         s = self._store
-        return {"items": len(s), "bytes": s.bytes, "max_items": s.max_items,
-                "max_bytes": s.max_bytes, "evictions": s.evictions, "policy": self._policy_name}
+        out = {"items": len(s), "bytes": s.bytes, "max_items": s.max_items,
+               "max_bytes": s.max_bytes, "evictions": s.evictions, "policy": self._policy_name}
+        if isinstance(s.policy, AdaptivePolicy):  # whom it follows, how often that changed
+            out["following"] = s.policy.leader_name
+            out["policy_switches"] = s.policy.switches
+        return out
 
     def describe(self) -> str:
         s = self._store
