@@ -22,16 +22,9 @@ from sophia_memory.policies import (
 from sophia_memory.policies._adaptive import SWITCH_COST, _Shadow
 from sophia_memory.tiers import Record
 
+from .test_policies_traces import replay as _replay
+
 REC = Record(None, size=1)
-
-
-def _replay(store: BoundedStore, keys: list[str]) -> int:
-    misses = 0
-    for key in keys:
-        if store.peek(key) is None:
-            misses += 1
-            store.set(key, REC)
-    return misses
 
 
 def _twice(n: int, gap: int) -> list[str]:

@@ -32,8 +32,9 @@ def _trace(name: str) -> list[str]:
         return fh.read().split()
 
 
-def _misses(trace: list[Any], cap: int, policy: str = "lru") -> int:
-    store = BoundedStore(cap, None, policy_from_name(policy))
+def replay(store: BoundedStore, trace: list[Any]) -> int:
+    """The study's model through ``store``: every request a get, a miss inserts (size 1).
+    Returns the misses."""
     rec = Record(None, size=1)
     misses = 0
     for key in trace:
@@ -41,6 +42,10 @@ def _misses(trace: list[Any], cap: int, policy: str = "lru") -> int:
             misses += 1
             store.set(key, rec)
     return misses
+
+
+def _misses(trace: list[Any], cap: int, policy: str = "lru") -> int:
+    return replay(BoundedStore(cap, None, policy_from_name(policy)), trace)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -80,32 +80,9 @@ class S3FIFOAdmittingPolicy(S3FIFOPolicy):
         self.sketch.increment(key)
         super().insert(key)
 
-    def victim(self) -> str:
-        if self._reads:
-            self._drain()
-        self._filling = False
-        small, main, freq = self._small, self._main, self._freq
-        estimate = self.sketch.estimate
-        if small and self._main_weight <= self._main_max:
-            while small:
-                key = next(iter(small))
-                if freq[key] < self.move_threshold:
-                    oldest = next(iter(main), None)
-                    if oldest is None or estimate(key) <= estimate(oldest):
-                        self._remember(key, small[key])
-                        return key
-                weight = small.pop(key)
-                self._small_weight -= weight
-                main[key] = weight
-                self._main_weight += weight
-                freq[key] = 0
-        while True:  # evict from main: CLOCK with a 2-bit counter
-            key = next(iter(main))
-            count = freq[key]
-            if count == 0:
-                return key
-            freq[key] = min(count, 3) - 1
-            main.move_to_end(key)
+    def _passes(self, key: str) -> bool:
+        oldest = next(iter(self._main), None)
+        return oldest is not None and self.sketch.estimate(key) > self.sketch.estimate(oldest)
 
 
 class _Shadow:

@@ -210,7 +210,7 @@ class S3FIFOPolicy(BufferedReads):
         if small and self._main_weight <= self._main_max:
             while small:  # evict from small; keys read often enough move to main
                 key = next(iter(small))
-                if freq[key] < self.move_threshold:
+                if freq[key] < self.move_threshold and not self._passes(key):
                     self._remember(key, small[key])
                     return key
                 weight = small.pop(key)
@@ -228,6 +228,11 @@ class S3FIFOPolicy(BufferedReads):
 
     def next_victim(self) -> str | None:
         return next(iter(self._small or self._main), None)
+
+    def _passes(self, key: str) -> bool:
+        """Whether ``key``, leaving the small queue without the reads that move it to main,
+        goes to main all the same (never, here; a subclass may admit it by frequency)."""
+        return False
 
     def _remember(self, key: str, weight: int) -> None:
         ghost = self._ghost
