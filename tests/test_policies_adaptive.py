@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sophia_memory import ManualClock, Memory, Tier
 from sophia_memory.policies import (
@@ -174,6 +176,143 @@ def test_a_shadow_resizes_a_key_written_again_with_another_size() -> None:
 def test_lead_must_name_an_expert() -> None:
     with pytest.raises(ValueError, match="lead 7"):
         AdaptivePolicy(lead=7).bind(4, None, lambda key: 1)
+    with pytest.raises(ValueError, match="lead 4"):
+        AdaptivePolicy(lead=4).bind(4, None, lambda key: 1)  # four experts: 0 to 3
+    first = AdaptivePolicy(lead=0)
+    first.bind(4, None, lambda key: 1)
+    assert first.leader_name == "LRUPolicy"
+
+
+def test_scores_decay_and_requests_are_counted() -> None:
+    """A score is the hits decayed by 1 - 1 / (4 x capacity) a request; every request
+    counts, and the leader is asked about again capacity / 4 requests later (at least 1)."""
+    policy = _bound(4)
+    assert policy._next_check == 1  # max(1, int(4 x 0.25))
+    policy.insert("a")  # a miss everywhere: 0
+    policy.access("a")  # a hit everywhere, counted at the next write: 1
+    policy.insert("b")  # a miss: 1 x decay
+    decay = 1 - 1 / 16
+    assert [s.score for s in policy._shadows] == [decay] * 4
+    assert policy._requests == 3
+    wide = _bound(40)
+    assert wide._next_check == 10
+
+
+def test_no_victim_of_an_empty_store_and_the_leaders_otherwise() -> None:
+    policy = _bound(3)
+    assert policy.next_victim() is None
+    assert BoundedStore(3, None, AdaptivePolicy()).admit("x", 1)  # an empty store admits
+    for key in ("a", "b"):
+        policy.insert(key)
+    assert policy.next_victim() == "a" == policy.victim()
+
+
+def test_a_switch_counts_and_its_price_caps_the_read_rate_at_one() -> None:
+    policy = _bound(10)
+    for i in range(10):
+        policy.insert(f"k{i}")
+    lru, leader = policy._shadows[0], policy._shadows[policy.leader]
+    lru.sizes.clear()
+    lru.sizes.update({f"h{i}": 1 for i in range(4)})
+    # Scores above the capacity: the read rate counts as 1, so the price is 0.5 x 4 = 2.
+    leader.score = 20.0
+    lru.score = 22.0
+    policy._reconsider(0)
+    assert policy.leader == 1
+    lru.score = 22.01
+    policy._reconsider(0)
+    assert policy.leader == 0 and policy.switches == 1
+    leader.score, lru.score = 30.0, 0.0  # back: the old leader holds every key, no holes
+    policy._reconsider(1)
+    assert policy.leader == 1 and policy.switches == 2
+
+
+ADAPTIVE_OPS = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 15).map(lambda i: f"k{i}"), st.integers(1, 30)),
+    st.tuples(st.just("get"), st.integers(0, 15).map(lambda i: f"k{i}"), st.just(0)),
+    st.tuples(st.just("delete"), st.integers(0, 15).map(lambda i: f"k{i}"), st.just(0)),
+), max_size=200)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ADAPTIVE_OPS, max_items=st.one_of(st.none(), st.integers(1, 8)),
+       max_bytes=st.integers(30, 90))
+def test_the_shadows_and_the_store_stay_consistent(ops: list[tuple[str, str, int]],
+                                                    max_items: int | None,
+                                                    max_bytes: int) -> None:
+    """After any sequence of puts, reads and deletes: the policy knows exactly the store's
+    keys (with their sizes when bytes bound it alone); every shadow holds its bounds and
+    weighs its keys; every key the store holds is in the leader's shadow or doomed, and
+    only held keys are doomed."""
+    store = BoundedStore(max_items, max_bytes, AdaptivePolicy())
+    policy = store.policy
+    assert isinstance(policy, AdaptivePolicy)
+    for op, key, size in ops:
+        if op == "put":
+            store.set(key, Record(None, size=size))
+        elif op == "get":
+            store.peek(key)
+        else:
+            store.pop(key)
+        policy._drain()
+        held = {k: (r.size if max_items is None else 1) for k, r in store.data.items()}
+        assert dict(policy._held) == held
+        for shadow in policy._shadows:
+            assert shadow.bytes == sum(shadow.sizes.values())
+            if max_items is not None:
+                assert len(shadow.sizes) <= max_items and shadow.max_bytes is None
+            else:
+                assert shadow.bytes <= max_bytes
+        leader = policy._shadows[policy.leader]
+        assert set(policy._doomed) <= set(held)
+        assert all(k in leader.sizes or k in policy._doomed for k in held)
+        if max_items is None:
+            assert all(leader.sizes.get(k, size) == size for k, size in held.items()
+                       if k not in policy._doomed)
+
+
+def test_an_overwrite_that_shrinks_a_key_reweighs_it_everywhere() -> None:
+    store = BoundedStore(None, 100, AdaptivePolicy())
+    store.set("a", Record(None, size=30))
+    store.set("a", Record(None, size=20))  # smaller: replaced in place (the update hook)
+    store.set("b", Record(None, size=10))  # a write: the overwrite reaches the shadows
+    policy = store.policy
+    assert isinstance(policy, AdaptivePolicy)
+    assert policy._held["a"] == 20
+    assert all(s.sizes["a"] == 20 and s.bytes == 30 for s in policy._shadows)
+
+
+def test_a_shadow_hit_marks_the_key_used() -> None:
+    shadow = _Shadow(LRUPolicy(), 2, None)
+    shadow.request("a", 1)
+    shadow.request("b", 1)
+    assert shadow.request("a", 1) is True  # a hit: a is now the most recent
+    assert shadow.request("c", 1) is False
+    assert shadow.evicted == ["b"] and set(shadow.sizes) == {"a", "c"}
+
+
+def test_a_shadow_fills_its_byte_bound_exactly_and_resizes_a_key() -> None:
+    shadow = _Shadow(LRUPolicy(), None, 10)
+    shadow.request("a", 5)
+    shadow.request("b", 5)
+    assert shadow.evicted == [] and shadow.bytes == 10  # 10 of 10: nothing evicted
+    small = _Shadow(LRUPolicy(), None, 10)
+    small.request("a", 3)
+    small.request("b", 4)
+    assert small.request("a", 6) is True  # 3 -> 6 bytes: 4 + 6 fits exactly
+    assert small.sizes == {"b": 4, "a": 6} and small.bytes == 10 and small.evicted == []
+    assert small.request("b", 5) is True  # 4 -> 5: 6 + 5 > 10, so a goes
+    assert small.sizes == {"b": 5} and small.bytes == 5 and small.evicted == ["a"]
+
+
+def test_a_shadow_binds_its_policy_to_its_bounds_and_weights() -> None:
+    items = _Shadow(S3FIFOPolicy(), 10, None)
+    assert items.policy._small_max == 1 and items.policy._main_max == 9
+    weighed = _Shadow(S3FIFOPolicy(), None, 100)
+    assert weighed.policy._small_max == 10  # 10 % of 100 bytes
+    weighed.request("a", 30)
+    assert weighed.policy._small_weight == 30
+    assert weighed.score == 0.0
 
 
 def test_the_admitting_s3fifo_passes_a_frequent_key_to_main() -> None:
@@ -196,11 +335,34 @@ def test_the_admitting_s3fifo_passes_a_frequent_key_to_main() -> None:
 def test_the_admitting_s3fifo_counts_reads_at_once() -> None:
     policy = S3FIFOAdmittingPolicy()
     policy.bind(10, None, lambda key: 1)
+    assert policy.sketch.capacity == 40  # four times the capacity
+    assert policy._small_max == 1 and policy._main_max == 9
+    assert policy.sketch.estimate("a") == 0
     policy.insert("a")
-    before = policy.sketch.estimate("a")
+    assert policy.sketch.estimate("a") == 1  # the insert is a sighting
     policy.access("a")
-    policy.access("a")
-    assert policy._freq["a"] == 2 and policy.sketch.estimate("a") > before
+    policy.update("a")  # an overwrite counts as a read
+    assert policy._freq["a"] == 2 and policy.sketch.estimate("a") >= 2
+    for _ in range(5):
+        policy.access("a")
+    assert policy._freq["a"] == 3  # the 2-bit counter stops at 3
+    assert S3FIFOAdmittingPolicy(move_threshold=1).move_threshold == 1
+    assert S3FIFOAdmittingPolicy(sketch_ratio=2)._sketch_ratio == 2
+
+
+def test_the_admitting_s3fifo_weighs_keys_when_bytes_bound_it() -> None:
+    sizes = {"a": 30, "b": 20}
+    policy = S3FIFOAdmittingPolicy()
+    policy.bind(None, 100, sizes.__getitem__)
+    assert policy.update == policy._reweigh and policy._small_max == 10
+    policy.insert("a")
+    assert policy._small_weight == 30 or policy._main_weight == 30
+    sizes["a"] = 10
+    policy.update("a")  # reweighed, and counted as a read
+    assert policy._small_weight + policy._main_weight == 10 and policy._freq["a"] == 1
+    items = S3FIFOAdmittingPolicy()
+    items.bind(10, None, lambda key: 1)
+    assert items.update == items._count
 
 
 def test_adaptive_is_a_policy_by_name() -> None:
