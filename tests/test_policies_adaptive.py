@@ -280,6 +280,21 @@ def test_an_overwrite_that_shrinks_a_key_reweighs_it_everywhere() -> None:
     assert isinstance(policy, AdaptivePolicy)
     assert policy._held["a"] == 20
     assert all(s.sizes["a"] == 20 and s.bytes == 30 for s in policy._shadows)
+    # The overwrite was a hit everywhere (1), then b a miss: decay x 1, the capacity being
+    # 16 keys (the least, for a store bounded by bytes alone).
+    assert [s.score for s in policy._shadows] == [1 - 1 / 64] * 4
+
+
+def test_of_shadows_tied_ahead_of_the_leader_the_first_leads() -> None:
+    policy = _bound(10)
+    for i in range(5):
+        policy.insert(f"k{i}")  # nothing evicted: every shadow holds what the store holds
+    for shadow, score in zip(policy._shadows, (5.0, 1.0, 1.0, 5.0), strict=True):
+        shadow.score = score
+    policy._next_check = 0
+    policy.access("k0")
+    policy.insert("k5")  # the read and the insert reach every shadow alike: the tie stays
+    assert policy.leader == 0 and policy.switches == 1
 
 
 def test_a_shadow_hit_marks_the_key_used() -> None:
