@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import os
 import platform
 import random
 import statistics
@@ -26,6 +27,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from hit_ratio import _git_commit  # the script directory, benchmarks/, is on the path
 from sophia_memory.policies import DEFAULT_POLICY, POLICY_NAMES, BoundedStore, policy_from_name
 from sophia_memory.tiers import Record
 
@@ -80,7 +82,8 @@ def render(data: dict[str, dict[str, float]], args: argparse.Namespace, elapsed:
     lines = ["# Eviction policies: cost", "",
              f"`python benchmarks/policy_cost.py --requests {args.requests} --capacity "
              f"{args.capacity}` - {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, "
-             f"Python {platform.python_version()}, {platform.machine()} {platform.system()}; "
+             f"commit {_git_commit()}, Python {platform.python_version()}, "
+             f"{platform.machine()} {platform.system()} {os.cpu_count()} CPUs; "
              f"{elapsed:.0f} s. Workload and method: the script's docstring. Default policy: "
              f"`{DEFAULT_POLICY}`.", "",
              "| policy | us per request | x LRU | bytes per key held | x LRU |",
