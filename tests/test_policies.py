@@ -71,6 +71,8 @@ def _run(policy: str, max_items: int | None, max_bytes: int | None,
             assert len(store) <= max_items
         if max_bytes is not None:
             assert store.bytes <= max_bytes
+        view = store.policy.held_keys()  # where a policy keeps one, it is the store's keys
+        assert view is None or set(view) == set(model)
     # The policy's view agrees: it can evict everything, only what is held, each key once.
     drained = []
     while store.data:

@@ -19,6 +19,7 @@ from sophia_memory.policies import (
     LRUPolicy,
     S3FIFOAdmittingPolicy,
     S3FIFOPolicy,
+    SievePolicy,
     policy_from_name,
 )
 from sophia_memory.policies._adaptive import SWITCH_COST, _Shadow
@@ -71,13 +72,22 @@ def _bound(cap: int) -> AdaptivePolicy:
     return policy
 
 
+def _holds(shadow: _Shadow, keys: list[str]) -> None:
+    """Make an LRU shadow that counts items hold just ``keys``."""
+    assert shadow.counting and isinstance(shadow.policy, LRUPolicy)
+    for key in list(shadow.held):
+        shadow.policy.remove(key)
+    for key in keys:
+        shadow.policy.insert(key)
+    assert list(shadow.held) == keys
+
+
 def test_a_switch_must_pay_for_its_holes() -> None:
     policy = _bound(10)
     for i in range(10):
         policy.insert(f"k{i}")  # every shadow and the store hold k0..k9
     lru = policy._shadows[0]
-    lru.sizes.clear()
-    lru.sizes.update({f"h{i}": 1 for i in range(4)})  # four keys the store lacks
+    _holds(lru, [f"h{i}" for i in range(4)])  # four keys the store lacks
     policy._shadows[policy.leader].score = 1.0
     # The cost: SWITCH_COST x 4 holes x min(1, score / capacity of 10); at a score of 1.25
     # the lead (0.25) is exactly that.
@@ -212,8 +222,7 @@ def test_a_switch_counts_and_its_price_caps_the_read_rate_at_one() -> None:
     for i in range(10):
         policy.insert(f"k{i}")
     lru, leader = policy._shadows[0], policy._shadows[policy.leader]
-    lru.sizes.clear()
-    lru.sizes.update({f"h{i}": 1 for i in range(4)})
+    _holds(lru, [f"h{i}" for i in range(4)])
     # Scores above the capacity: the read rate counts as 1, so the price is 0.5 x 4 = 2.
     leader.score = 20.0
     lru.score = 22.0
@@ -259,13 +268,14 @@ def test_the_shadows_and_the_store_stay_consistent(ops: list[tuple[str, str, int
         assert dict(policy._held) == held
         for shadow in policy._shadows:
             assert shadow.bytes == sum(shadow.sizes.values())
-            if max_items is not None:
-                assert len(shadow.sizes) <= max_items and shadow.max_bytes is None
+            if max_items is not None:  # counting: the policy's own keys, no copy
+                assert shadow.counting and not shadow.sizes
+                assert len(shadow.held) <= max_items and shadow.max_bytes is None
             else:
-                assert shadow.bytes <= max_bytes
+                assert shadow.held is shadow.sizes and shadow.bytes <= max_bytes
         leader = policy._shadows[policy.leader]
         assert set(policy._doomed) <= set(held)
-        assert all(k in leader.sizes or k in policy._doomed for k in held)
+        assert all(k in leader.held or k in policy._doomed for k in held)
         if max_items is None:
             assert all(leader.sizes.get(k, size) == size for k, size in held.items()
                        if k not in policy._doomed)
@@ -303,7 +313,23 @@ def test_a_shadow_hit_marks_the_key_used() -> None:
     shadow.request("b", 1)
     assert shadow.request("a", 1) is True  # a hit: a is now the most recent
     assert shadow.request("c", 1) is False
-    assert shadow.evicted == ["b"] and set(shadow.sizes) == {"a", "c"}
+    assert shadow.evicted == ["b"] and set(shadow.held) == {"a", "c"}
+
+
+def test_a_counting_shadow_reads_its_policys_keys_where_it_keeps_them() -> None:
+    """Bounded by items, a shadow whose policy keeps a view of its keys keeps no copy; one
+    whose policy keeps none (SIEVE) counts in its own dict, and both hit and evict alike."""
+    for policy, counting in ((LRUPolicy(), True), (S3FIFOPolicy(), True),
+                             (SievePolicy(), False)):
+        shadow = _Shadow(policy, 2, None)
+        assert shadow.counting is counting
+        assert (shadow.held is shadow.sizes) is not counting
+        assert [shadow.request(k, 1) for k in ("a", "b", "a", "c", "c")] \
+            == [False, False, True, False, True]
+        assert len(shadow.held) == 2 and "c" in shadow.held and len(shadow.evicted) == 1
+        assert (not shadow.sizes) is counting
+    weighing = _Shadow(LRUPolicy(), 2, 100)  # a byte bound too: sizes are kept
+    assert not weighing.counting and weighing.held is weighing.sizes
 
 
 def test_a_shadow_fills_its_byte_bound_exactly_and_resizes_a_key() -> None:

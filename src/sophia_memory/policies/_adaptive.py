@@ -17,7 +17,7 @@ time. ``benchmarks/hit_ratio.py`` measures it beside the other policies; it is t
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from ._base import BufferedReads, EvictionPolicy
 from ._classic import LRUPolicy, S3FIFOPolicy
@@ -87,10 +87,15 @@ class S3FIFOAdmittingPolicy(S3FIFOPolicy):
 
 class _Shadow:
     """A cache of keys and sizes run by one policy under the store's bounds: what that policy
-    would hold had it decided every eviction."""
+    would hold had it decided every eviction.
 
-    __slots__ = ("access", "bytes", "evicted", "insert", "max_bytes", "max_items", "policy",
-                 "remove", "score", "sizes", "victim")
+    Bounded by items alone, it *counts*: every size is 1, and where the policy keeps a view of
+    exactly the keys it holds (:meth:`EvictionPolicy.held_keys`), that view is :attr:`held`
+    and :attr:`sizes` stays empty (no second copy of the keys). Otherwise :attr:`held` is
+    :attr:`sizes`."""
+
+    __slots__ = ("access", "bytes", "counting", "evicted", "held", "insert", "max_bytes",
+                 "max_items", "policy", "remove", "score", "sizes", "victim")
 
     def __init__(self, policy: EvictionPolicy, max_items: int | None,
                  max_bytes: int | None) -> None:
@@ -104,10 +109,19 @@ class _Shadow:
         # Bound after bind, which may choose them.
         self.access, self.insert = policy.access, policy.insert
         self.remove, self.victim = policy.remove, policy.victim
+        view = policy.held_keys() if max_items is not None and max_bytes is None else None
+        #: The keys held, for ``in``, ``len`` and iteration.
+        self.held: Collection[str] = self.sizes if view is None else view
+        self.counting = view is not None
 
     def request(self, key: str, size: int) -> bool:
         """One read or write of ``key`` (``size`` bytes): True if this shadow held it. Keys
         it gives up to make room are appended to :attr:`evicted`."""
+        if self.counting:
+            if key in self.held:
+                self.access(key)
+                return True
+            return self.miss(key, size, None)
         old = self.sizes.get(key)
         if old == size:
             self.access(key)
@@ -117,6 +131,15 @@ class _Shadow:
     def miss(self, key: str, size: int, old: int | None) -> bool:
         """:meth:`request` of a key not held, or held with another size (``old``): insert
         it, making room first."""
+        if self.counting:  # the policy's own view shrinks and grows with remove and insert
+            held, max_items = self.held, self.max_items
+            assert max_items is not None
+            while held and len(held) >= max_items:
+                out = self.victim()
+                self.remove(out)
+                self.evicted.append(out)
+            self.insert(key)
+            return False
         sizes = self.sizes
         if old is not None:
             del sizes[key]
@@ -273,10 +296,16 @@ class AdaptivePolicy(BufferedReads):
 
     def _request(self, key: str, size: int) -> None:
         decay, leader, held = self._decay, self.leader, self._held
+        counting = self._weigh is None  # sizes are all 1: a key held is a hit
         best, top = leader, -1.0
+        old = None
         for index, shadow in enumerate(self._shadows):
-            old = shadow.sizes.get(key)
-            if old == size:  # a hit: Shadow.request, inlined
+            if counting:
+                hit = key in shadow.held
+            else:
+                old = shadow.sizes.get(key)
+                hit = old == size
+            if hit:  # Shadow.request, inlined
                 shadow.access(key)
                 score = shadow.score = shadow.score * decay + 1.0
             else:
@@ -300,10 +329,10 @@ class AdaptivePolicy(BufferedReads):
         shadows, held = self._shadows, self._held
         new = shadows[best]
         gain = new.score - shadows[self.leader].score
-        sizes = new.sizes
-        holes = sum(1 for key in sizes if key not in held)
+        keys = new.held
+        holes = sum(1 for key in keys if key not in held)
         if gain > SWITCH_COST * holes * min(1.0, new.score / self._capacity()):
             self.leader = best
             self.switches += 1
-            self._doomed = OrderedDict.fromkeys(k for k in held if k not in sizes)
+            self._doomed = OrderedDict.fromkeys(k for k in held if k not in keys)
         self._retune()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol, runtime_checkable
 
 from ..tiers import Record
@@ -61,6 +61,12 @@ class EvictionPolicy(ABC):
     @abstractmethod
     def victim(self) -> str:
         """The key to evict next. Only called on a non-empty store; see the contract above."""
+
+    def held_keys(self) -> Collection[str] | None:
+        """A live view of exactly the keys this policy holds (inserted and not removed yet),
+        where it keeps one; None by default. Read only: a shadow of
+        :class:`AdaptivePolicy` that counts items uses it instead of a copy of the keys."""
+        return None
 
     #: Offers from slower tiers, counted by :meth:`admit` (made at the first offer).
     _offers: FrequencySketch | None = None

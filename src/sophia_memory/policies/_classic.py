@@ -7,7 +7,7 @@ dict used as a queue slows down as deleted slots pile up at its front).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from ._base import BufferedReads, EvictionPolicy
 
@@ -34,6 +34,9 @@ class LRUPolicy(EvictionPolicy):
 
     def remove(self, key: str) -> None:
         self._order.pop(key, None)
+
+    def held_keys(self) -> Collection[str]:
+        return self._order.keys()
 
     def victim(self) -> str:
         return next(iter(self._order))
@@ -228,6 +231,9 @@ class S3FIFOPolicy(BufferedReads):
 
     def next_victim(self) -> str | None:
         return next(iter(self._small or self._main), None)
+
+    def held_keys(self) -> Collection[str]:
+        return self._freq.keys()  # small and main (a ghost key has no count)
 
     def _passes(self, key: str) -> bool:
         """Whether ``key``, leaving the small queue without the reads that move it to main,
