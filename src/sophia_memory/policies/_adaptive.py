@@ -177,13 +177,13 @@ class AdaptivePolicy(BufferedReads):
     first), else the leader's next victim. Shadows count items when the store has an item
     bound, else bytes (and the capacity above is the number of keys held, at least 16).
 
-    The price, measured (``benchmarks/policy_cost.py``): the shadows keep their own keys, so
-    the policy holds about eight times LRU's memory (some 1 KB per key), and each request
-    costs a pass through the four shadows (some 11 us against LRU's 0.7 us on the machine of
-    the README's figures). Reads are only appended to a
-    bounded buffer on the hot path (a C-level call, as for S3-FIFO) and run through the
-    shadows when the store next writes: a hit costs what an LRU hit costs; an insert pays
-    for the reads since the last write.
+    The price, measured (``benchmarks/policy_cost.py``): each shadow's policy keeps its own
+    queues of keys, so the policy holds six to seven times LRU's memory (some 850 bytes a
+    key), and each request costs a pass through the four shadows (some 11 us against LRU's
+    0.8 us on the machine of the README's figures). Reads are only appended to a bounded
+    buffer on the hot path (a C-level call, as for S3-FIFO) and run through the shadows when
+    the store next writes: a hit costs what an LRU hit costs; an insert pays for the reads
+    since the last write.
     """
 
     #: Reads buffered between writes: long runs of hits are common where this policy pays
