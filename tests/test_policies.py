@@ -7,6 +7,7 @@ their papers' small worked examples."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from collections import OrderedDict
@@ -258,33 +259,95 @@ def test_sketch_counts_ages_and_caps() -> None:
     assert 1 <= sketch.estimate("a") <= 8
 
 
-def _reference_estimate(sketch: FrequencySketch, key: object) -> int:
-    """The sketch's estimate read the plain way: the least of the key's four counters (row r
-    at ``h1 + r * h2``), plus one if both of its doorkeeper bits are set."""
-    h = (hash(key) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
-    h1, h2 = h >> 32, (h >> 17) | 1
-    counters = []
-    for row in range(4):
-        i = row * sketch._width + ((h1 + row * h2) & sketch._mask)
-        counters.append((sketch._table[i // 2] >> (4 * (i % 2))) & 15)
-    bits = [(h1 + r * h2) & sketch._door_mask for r in (4, 5)]
-    door = all(sketch._door[b // 8] >> (b % 8) & 1 for b in bits)
-    return min(counters) + door
+class _PlainSketch:
+    """The sketch's specification, written plainly: four rows of ``width`` counters (the
+    power of two at or above 4 x capacity) that saturate at 15; key ``k``'s counter in row r
+    at ``(h1 + r * h2) mod width`` and its two doorkeeper bits at ``(h1 + r * h2) mod
+    16 * width`` for r = 4, 5, where ``h = hash(k) * golden mod 2**64``, ``h1 = h >> 32``,
+    ``h2 = (h >> 17) | 1``. A sighting sets the doorkeeper bits, or if both were set counts
+    in every row; after ``sample_size`` sightings every counter is halved, the doorkeeper
+    cleared and the count of sightings halved. The estimate: the least of the four counters,
+    plus one if both doorkeeper bits are set."""
+
+    def __init__(self, capacity: int) -> None:
+        capacity = max(16, capacity)
+        self.width = 1 << (4 * capacity - 1).bit_length()
+        self.rows = [[0] * self.width for _ in range(4)]
+        self.door: set[int] = set()
+        self.sample_size = 10 * capacity
+        self.additions = 0
+
+    def _where(self, key: object) -> tuple[list[int], set[int]]:
+        h = (hash(key) * 0x9E3779B97F4A7C15) % (1 << 64)
+        h1, h2 = h >> 32, (h >> 17) | 1
+        return ([(h1 + r * h2) % self.width for r in range(4)],
+                {(h1 + r * h2) % (16 * self.width) for r in (4, 5)})
+
+    def increment(self, key: object) -> None:
+        counters, bits = self._where(key)
+        if bits <= self.door:
+            for row, i in zip(self.rows, counters, strict=True):
+                row[i] = min(15, row[i] + 1)
+        else:
+            self.door |= bits
+        self.additions += 1
+        if self.additions >= self.sample_size:
+            self.rows = [[c // 2 for c in row] for row in self.rows]
+            self.door = set()
+            self.additions //= 2
+
+    def estimate(self, key: object) -> int:
+        counters, bits = self._where(key)
+        return min(row[i] for row, i in zip(self.rows, counters, strict=True)) \
+            + (bits <= self.door)
+
+
+def test_sketch_geometry() -> None:
+    for capacity, width in ((1, 64), (16, 64), (17, 128), (100, 512), (1000, 4096)):
+        sketch = FrequencySketch(capacity)
+        assert sketch.capacity == max(16, capacity) and sketch._width == width
+        assert len(sketch._table) == 2 * width and len(sketch._door) == 2 * width
+        assert sketch.sample_size == 10 * max(16, capacity) and sketch._additions == 0
 
 
 @settings(max_examples=60, deadline=None)
 @given(sightings=st.lists(st.one_of(st.integers(-50, 50), st.text(max_size=3)), max_size=400),
        capacity=st.sampled_from([16, 40, 1000]))
-def test_sketch_estimates_the_least_of_a_keys_counters(sightings: list[object],
-                                                         capacity: int) -> None:
-    """The estimate, which stops reading rows at a zero counter, is the least of the four
-    counters (and the doorkeeper) for keys seen and unseen, through aging."""
-    sketch = FrequencySketch(capacity)
-    sketch.sample_size = 150  # age within the example
+def test_sketch_equals_its_plain_specification(sightings: list[object], capacity: int) -> None:
+    """Counters, doorkeeper, aging and estimates (the estimate stops reading rows at a zero
+    counter) equal the plain reading of the specification, for keys seen and unseen."""
+    sketch, plain = FrequencySketch(capacity), _PlainSketch(capacity)
+    sketch.sample_size = plain.sample_size = 150  # age within the example
     for key in sightings:
         sketch.increment(key)
+        plain.increment(key)
+    width = plain.width
+    assert [(sketch._table[i >> 1] >> (4 * (i & 1))) & 15 for i in range(4 * width)] \
+        == [c for row in plain.rows for c in row]
+    assert {b for b in range(16 * width) if sketch._door[b >> 3] >> (b & 7) & 1} == plain.door
+    assert sketch._additions == plain.additions
     for key in [*sightings, *range(-1500, 1500), "unseen", "x"]:  # unseen: collisions
-        assert sketch.estimate(key) == _reference_estimate(sketch, key), key
+        assert sketch.estimate(key) == plain.estimate(key), key
+
+
+@pytest.mark.parametrize("capacity", [16, 40])
+def test_sketch_equals_its_plain_specification_on_a_dense_run(capacity: int) -> None:
+    """Many keys seen many times, aging several times: every counter in use, so each row and
+    each aging step shows in the estimates and the state."""
+    rnd = random.Random(capacity)
+    keys: list[object] = [*range(-150, 150), *(f"s{i}" for i in range(150))]
+    sketch, plain = FrequencySketch(capacity), _PlainSketch(capacity)
+    for step in range(4 * sketch.sample_size + 7):
+        key = rnd.choice(keys[:40]) if rnd.random() < 0.3 else rnd.choice(keys)
+        sketch.increment(key)
+        plain.increment(key)
+        if step % 211 == 0 or step == sketch.sample_size - 1:
+            assert sketch._additions == plain.additions
+            assert [sketch.estimate(k) for k in range(-3000, 3000)] \
+                == [plain.estimate(k) for k in range(-3000, 3000)], step
+    assert sketch._table == bytes(((plain.rows[i // plain.width][i % plain.width])
+                                   | (plain.rows[(i + 1) // plain.width][(i + 1) % plain.width]
+                                      << 4)) for i in range(0, 4 * plain.width, 2))
 
 
 def test_default_admission_refuses_a_scan_and_admits_a_repeated_offer() -> None:
