@@ -319,17 +319,54 @@ def test_a_shadow_hit_marks_the_key_used() -> None:
 def test_a_counting_shadow_reads_its_policys_keys_where_it_keeps_them() -> None:
     """Bounded by items, a shadow whose policy keeps a view of its keys keeps no copy; one
     whose policy keeps none (SIEVE) counts in its own dict, and both hit and evict alike."""
-    for policy, counting in ((LRUPolicy(), True), (S3FIFOPolicy(), True),
-                             (SievePolicy(), False)):
+    # The read of a marks it used: LRU and SIEVE give up b; S3-FIFO moves to main only a
+    # key read twice, so a (read once) leaves the small queue.
+    for policy, counting, gone in ((LRUPolicy(), True, "b"), (S3FIFOPolicy(), True, "a"),
+                                   (SievePolicy(), False, "b")):
         shadow = _Shadow(policy, 2, None)
         assert shadow.counting is counting
         assert (shadow.held is shadow.sizes) is not counting
         assert [shadow.request(k, 1) for k in ("a", "b", "a", "c", "c")] \
             == [False, False, True, False, True]
-        assert len(shadow.held) == 2 and "c" in shadow.held and len(shadow.evicted) == 1
+        assert len(shadow.held) == 2 and "c" in shadow.held and shadow.evicted == [gone]
         assert (not shadow.sizes) is counting
     weighing = _Shadow(LRUPolicy(), 2, 100)  # a byte bound too: sizes are kept
     assert not weighing.counting and weighing.held is weighing.sizes
+
+
+def test_experts_without_a_view_of_their_keys_count_in_their_own_dicts() -> None:
+    """An item-bound adaptive policy whose experts keep no view of their keys (SIEVE, FIFO
+    here) runs them as shadows with their own dicts, and stays consistent with the store."""
+    store = BoundedStore(3, None, AdaptivePolicy(experts=lambda: [SievePolicy(), LRUPolicy()],
+                                                 lead=0))
+    policy = store.policy
+    assert isinstance(policy, AdaptivePolicy)
+    assert [s.counting for s in policy._shadows] == [False, True]
+    assert _replay(store, ["a", "b", "a", "c", "d", "a", "e", "b", "a"]) >= 5  # 5 keys, 3 held
+    policy._drain()
+    assert set(store.data) == set(policy._held) and len(store.data) == 3
+    leader = policy._shadows[policy.leader]
+    assert all(k in leader.held or k in policy._doomed for k in store.data)
+    sieve = policy._shadows[0]
+    assert set(sieve.sizes) == set(sieve.policy._ahead) | set(sieve.policy._behind)
+    assert all(size == 1 for size in sieve.sizes.values()) and len(sieve.sizes) == 3
+
+
+def test_a_read_in_a_byte_bound_store_counts_as_a_use_in_each_shadow() -> None:
+    """Bounded by bytes, a read of a held key is a hit in the shadows (S3-FIFO counts it, as
+    it counts a read of its own), not a new entry."""
+    store = BoundedStore(None, 100, AdaptivePolicy())
+    store.set("a", Record(None, size=10))
+    store.set("b", Record(None, size=10))
+    store.peek("a")
+    store.set("c", Record(None, size=10))  # drains the read
+    policy = store.policy
+    assert isinstance(policy, AdaptivePolicy)
+    s3fifo = policy._shadows[1].policy
+    assert isinstance(s3fifo, S3FIFOPolicy)
+    s3fifo._drain()
+    assert s3fifo._freq == {"a": 1, "b": 0, "c": 0}
+    assert [s.score for s in policy._shadows] == [pytest.approx(policy._decay)] * 4
 
 
 def test_a_shadow_fills_its_byte_bound_exactly_and_resizes_a_key() -> None:
