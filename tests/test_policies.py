@@ -2,7 +2,8 @@
 overwrites, reads and deletes keeps its bounds, evicts only keys it held, hands each evicted
 record to the listener, and agrees with a plain dict model of what it holds. LRU and FIFO
 are also compared victim by victim with an OrderedDict reference; SIEVE and S3-FIFO with
-their papers' small worked examples."""
+plain readings of their specifications (lists, item and byte bounds, under a plain reading of
+the store) and their papers' small worked examples."""
 
 from __future__ import annotations
 
@@ -185,6 +186,228 @@ def test_s3fifo_sends_one_hit_keys_to_the_ghost_and_brings_them_back_to_main() -
     assert out == ["k0"]
     store.set("k0", Record(0, size=1))  # in the ghost: goes straight to main
     assert "k0" in policy._main
+
+
+class _PlainSieve:
+    """SIEVE as its paper states it, on a list: keys oldest first, a visited bit per key, and
+    the hand as an index (the next key it examines). A read sets the bit. To evict, the hand
+    moves towards the newest key clearing set bits and stops at the first clear one; past the
+    newest it starts again at the oldest. Keys never move."""
+
+    def __init__(self) -> None:
+        self.queue: list[str] = []
+        self.visited: set[str] = set()
+        self.hand = 0
+
+    def insert(self, key: str, weight: int) -> None:
+        if self.hand == len(self.queue):
+            self.hand = 0  # the hand had passed the newest key: it wraps before this one
+        self.queue.append(key)
+
+    def read(self, key: str, weight: int) -> None:
+        self.visited.add(key)
+
+    def remove(self, key: str) -> None:
+        i = self.queue.index(key)
+        del self.queue[i]
+        if i < self.hand:
+            self.hand -= 1
+        self.visited.discard(key)
+
+    def victim(self) -> str:
+        while True:
+            if self.hand >= len(self.queue):
+                self.hand = 0
+            key = self.queue[self.hand]
+            if key not in self.visited:
+                return key
+            self.visited.discard(key)
+            self.hand += 1
+
+
+class _PlainS3FIFO:
+    """S3-FIFO as :class:`S3FIFOPolicy` documents it, on lists: a small FIFO (10 % of the
+    capacity) that new keys enter, a main FIFO, a ghost FIFO of keys evicted from small, and
+    a read count per held key capped at 3. The capacity is the item bound, else the byte
+    bound with every key weighing its size. A key leaving small with fewer than 2 reads is
+    evicted and remembered in the ghost (trimmed oldest first to 90 % of the capacity), else
+    it moves to main with its count reset; small is only evicted from while main is within
+    its share. Main is a CLOCK: a key at its head with a count goes to its tail, count
+    decremented. An inserted key goes to main if the ghost remembers it, or if small is full
+    before the first eviction; else to small."""
+
+    def __init__(self, capacity: int) -> None:
+        self.small_max = max(1, int(capacity * 0.1))
+        self.main_max = capacity - self.small_max
+        self.ghost_max = max(1, int(capacity * 0.9))
+        self.small: list[list[object]] = []  # [key, weight], oldest first
+        self.main: list[list[object]] = []
+        self.ghost: list[list[object]] = []
+        self.count: dict[str, int] = {}
+        self.filling = True
+
+    @staticmethod
+    def _weight(queue: list[list[object]]) -> int:
+        return sum(w for _, w in queue)  # type: ignore[misc]
+
+    @staticmethod
+    def _find(queue: list[list[object]], key: str) -> int | None:
+        return next((i for i, (k, _) in enumerate(queue) if k == key), None)
+
+    def insert(self, key: str, weight: int) -> None:
+        self.count[key] = 0
+        i = self._find(self.ghost, key)
+        if i is not None:
+            del self.ghost[i]
+            self.main.append([key, weight])
+        elif self.filling and self._weight(self.small) >= self.small_max:
+            self.main.append([key, weight])
+        else:
+            self.small.append([key, weight])
+
+    def read(self, key: str, weight: int) -> None:
+        """A read or an overwrite (``weight``: the size written; reads pass the size held)."""
+        self.count[key] = min(3, self.count[key] + 1)
+        for queue in (self.small, self.main):
+            i = self._find(queue, key)
+            if i is not None:
+                queue[i][1] = weight
+
+    def remove(self, key: str) -> None:
+        if self.count.pop(key, None) is None:
+            return
+        for queue in (self.small, self.main):
+            i = self._find(queue, key)
+            if i is not None:
+                del queue[i]
+
+    def victim(self) -> str:
+        self.filling = False
+        if self.small and self._weight(self.main) <= self.main_max:
+            while self.small:
+                key, weight = self.small[0]
+                assert isinstance(key, str)
+                if self.count[key] < 2:
+                    self.ghost.append([key, weight])
+                    while self._weight(self.ghost) > self.ghost_max:
+                        del self.ghost[0]
+                    return key
+                self.main.append(self.small.pop(0))
+                self.count[key] = 0
+        while True:
+            key = self.main[0][0]
+            assert isinstance(key, str)
+            if self.count[key] == 0:
+                return key
+            self.count[key] -= 1
+            self.main.append(self.main.pop(0))
+
+
+class _PlainStore:
+    """:class:`BoundedStore` as documented, over a plain policy: an overwrite that fits in
+    place keeps the key (a use); one that grows past the byte bound re-enters it; an insert
+    first evicts the policy's victims while either bound would be exceeded."""
+
+    def __init__(self, policy: _PlainSieve | _PlainS3FIFO, max_items: int | None,
+                 max_bytes: int | None) -> None:
+        self.policy, self.max_items, self.max_bytes = policy, max_items, max_bytes
+        self.sizes: dict[str, int] = {}
+        self.weighed = max_items is None  # weights are sizes when only bytes bound the store
+
+    def _weight(self, size: int) -> int:
+        return size if self.weighed else 1
+
+    def put(self, key: str, size: int) -> list[str]:
+        old = self.sizes.get(key)
+        if old is not None:
+            if self.max_bytes is None or size <= old:
+                self.sizes[key] = size
+                self.policy.read(key, self._weight(size))
+                return []
+            del self.sizes[key]
+            self.policy.remove(key)
+        out = []
+        while self.sizes and (
+                (self.max_items is not None and len(self.sizes) >= self.max_items)
+                or (self.max_bytes is not None
+                    and sum(self.sizes.values()) + size > self.max_bytes)):
+            gone = self.policy.victim()
+            del self.sizes[gone]
+            self.policy.remove(gone)
+            out.append(gone)
+        self.sizes[key] = size
+        self.policy.insert(key, self._weight(size))
+        return out
+
+    def get(self, key: str) -> None:
+        if key in self.sizes:
+            self.policy.read(key, self._weight(self.sizes[key]))
+
+    def delete(self, key: str) -> None:
+        if self.sizes.pop(key, None) is not None:
+            self.policy.remove(key)
+
+
+def _against_plain(policy: str, max_items: int | None, max_bytes: int | None,
+                   ops: list[tuple[str, str, int]]) -> None:
+    """Drive the store and the plain reading of its policy with ``ops``: the same keys are
+    evicted at every put, the same keys are held, and the same order drains them."""
+    store = BoundedStore(max_items, max_bytes, policy_from_name(policy))
+    capacity = max_items if max_items is not None else max_bytes
+    assert capacity is not None
+    plain = _PlainStore(_PlainSieve() if policy == "sieve" else _PlainS3FIFO(capacity),
+                        max_items, max_bytes)
+    out: list[str] = []
+    store.listener = lambda key, rec: out.append(key)
+    for op, key, size in ops:
+        if op == "put":
+            out.clear()
+            store.set(key, Record(key, size=size))
+            assert out == plain.put(key, size), (op, key, size)
+        elif op == "get":
+            store.peek(key)
+            plain.get(key)
+        else:
+            store.pop(key)
+            plain.delete(key)
+        assert {k: r.size for k, r in store.data.items()} == plain.sizes
+    while store.data:
+        key = store.policy.victim()
+        assert key == plain.policy.victim()
+        store.pop(key)
+        plain.delete(key)
+
+
+@pytest.mark.parametrize("policy", ["sieve", "s3fifo"])
+@settings(max_examples=200, deadline=None)
+@given(ops=OPS, max_items=st.integers(1, 14))
+def test_sieve_and_s3fifo_equal_their_plain_reading(policy: str,
+                                                   ops: list[tuple[str, str, int]],
+                                                   max_items: int) -> None:
+    _against_plain(policy, max_items, None, ops)
+
+
+@pytest.mark.parametrize("policy", ["sieve", "s3fifo"])
+@settings(max_examples=200, deadline=None)
+@given(ops=OPS, max_bytes=st.integers(40, 300))
+def test_sieve_and_s3fifo_equal_their_plain_reading_by_bytes(
+        policy: str, ops: list[tuple[str, str, int]], max_bytes: int) -> None:
+    _against_plain(policy, None, max_bytes, ops)
+
+
+@pytest.mark.parametrize("policy", ["sieve", "s3fifo"])
+@pytest.mark.parametrize("bounds", [(20, None), (None, 400), (12, 300)])
+def test_sieve_and_s3fifo_equal_their_plain_reading_on_a_long_run(
+        policy: str, bounds: tuple[int | None, int | None]) -> None:
+    # Long enough for every path: ghost hits and trimming, moves to main, CLOCK rounds.
+    rnd = random.Random(7)
+    ops = []
+    for _ in range(3000):
+        key = f"k{min(int(rnd.paretovariate(0.8)), 90)}"
+        roll = rnd.random()
+        op = "put" if roll < 0.5 else "get" if roll < 0.95 else "delete"
+        ops.append((op, key, rnd.randint(1, 40)))
+    _against_plain(policy, *bounds, ops)
 
 
 def _hot_hits_during_a_scan(policy: EvictionPolicy) -> float:
