@@ -214,6 +214,12 @@ class _PlainSieve:
             self.hand -= 1
         self.visited.discard(key)
 
+    def next_victim(self) -> str | None:
+        """The key at the hand (the oldest when it has passed the newest)."""
+        if not self.queue:
+            return None
+        return self.queue[self.hand] if self.hand < len(self.queue) else self.queue[0]
+
     def victim(self) -> str:
         while True:
             if self.hand >= len(self.queue):
@@ -280,6 +286,11 @@ class _PlainS3FIFO:
             i = self._find(queue, key)
             if i is not None:
                 del queue[i]
+
+    def next_victim(self) -> str | None:
+        """The oldest key of small, else of main."""
+        queue = self.small or self.main
+        return str(queue[0][0]) if queue else None
 
     def victim(self) -> str:
         self.filling = False
@@ -371,6 +382,7 @@ def _against_plain(policy: str, max_items: int | None, max_bytes: int | None,
             store.pop(key)
             plain.delete(key)
         assert {k: r.size for k, r in store.data.items()} == plain.sizes
+        assert store.policy.next_victim() == plain.policy.next_victim()
     while store.data:
         key = store.policy.victim()
         assert key == plain.policy.victim()
@@ -408,6 +420,17 @@ def test_sieve_and_s3fifo_equal_their_plain_reading_on_a_long_run(
         op = "put" if roll < 0.5 else "get" if roll < 0.95 else "delete"
         ops.append((op, key, rnd.randint(1, 40)))
     _against_plain(policy, *bounds, ops)
+
+
+def test_s3fifo_refuses_a_small_queue_outside_0_1_and_runs_unbounded() -> None:
+    for ratio in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="small_ratio"):
+            S3FIFOPolicy(small_ratio=ratio)
+    assert S3FIFOPolicy(small_ratio=0.99).small_ratio == 0.99
+    store = BoundedStore(None, None, S3FIFOPolicy())  # no bound: nothing is ever evicted
+    for i in range(50):
+        store.set(f"k{i}", Record(i, size=1))
+    assert len(store) == 50 and store.policy.next_victim() == "k0"
 
 
 def _hot_hits_during_a_scan(policy: EvictionPolicy) -> float:
@@ -597,6 +620,25 @@ def test_names_and_refusal() -> None:
     with pytest.raises(ConfigError,
                        match="choose one of adaptive, fifo, lru, s3fifo, sieve, wtinylfu"):
         policy_from_name("arc")
+
+
+def test_store_fits_full_and_clear() -> None:
+    by_bytes = BoundedStore(None, 100, policy_from_name("lru"))
+    assert by_bytes.fits(100) and not by_bytes.fits(101)
+    by_bytes.set("a", Record("a", size=60))
+    assert not by_bytes.full(40) and by_bytes.full(41)
+    by_items = BoundedStore(2, None, policy_from_name("s3fifo"))
+    assert by_items.fits(10**12)  # no byte bound: any size could be held
+    by_items.set("a", Record("a", size=5))
+    assert not by_items.full(10**12)
+    by_items.set("b", Record("b", size=5))
+    assert by_items.full(1)
+    for store in (by_bytes, by_items):
+        store.clear()
+        assert len(store) == 0 and store.bytes == 0 and not store.full(1)
+        assert set(store.policy.held_keys() or ()) == set()  # the policy forgot them too
+        store.set("c", Record("c", size=1))
+        assert store.policy.victim() == "c"
 
 
 def test_too_large_changes_nothing() -> None:
