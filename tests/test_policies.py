@@ -408,7 +408,7 @@ def test_sieve_and_s3fifo_equal_their_plain_reading_by_bytes(
 
 
 @pytest.mark.parametrize("policy", ["sieve", "s3fifo"])
-@pytest.mark.parametrize("bounds", [(20, None), (None, 400), (12, 300)])
+@pytest.mark.parametrize("bounds", [(20, None), (2, None), (None, 400), (12, 300)])
 def test_sieve_and_s3fifo_equal_their_plain_reading_on_a_long_run(
         policy: str, bounds: tuple[int | None, int | None]) -> None:
     # Long enough for every path: ghost hits and trimming, moves to main, CLOCK rounds.
@@ -641,11 +641,24 @@ def test_store_fits_full_and_clear() -> None:
         assert store.policy.victim() == "c"
 
 
+def test_store_defaults_to_lru_counts_evictions_and_touches() -> None:
+    store = BoundedStore(2)  # no policy named: LRU; no listener: evictions still happen
+    assert isinstance(store.policy, LRUPolicy) and store.evictions == 0
+    for key in "abc":
+        store.set(key, Record(key, size=1))
+    assert list(store.data) == ["b", "c"] and store.evictions == 1
+    store.touch("b")  # a use: c is now the least recent
+    store.set("d", Record("d", size=1))
+    assert sorted(store.data) == ["b", "d"] and store.evictions == 2
+
+
 def test_too_large_changes_nothing() -> None:
     store = BoundedStore(None, 10, policy_from_name("wtinylfu"))
     store.set("a", Record("a", size=6))
-    with pytest.raises(ValueTooLargeError):
+    with pytest.raises(ValueTooLargeError, match=r"^value is 11 bytes, over the limit of 10 "
+                       r"bytes \(the store's max_bytes\)$") as raised:
         store.set("b", Record("b", size=11))
+    assert (raised.value.size, raised.value.limit) == (11, 10)
     assert list(store.data) == ["a"] and store.bytes == 6
 
 
