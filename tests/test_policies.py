@@ -652,6 +652,16 @@ def test_store_defaults_to_lru_counts_evictions_and_touches() -> None:
     assert sorted(store.data) == ["b", "d"] and store.evictions == 2
 
 
+def test_store_refuses_bounds_below_one() -> None:
+    with pytest.raises(ConfigError, match=r"^max_items must be at least 1, got 0$"):
+        BoundedStore(0)
+    with pytest.raises(ConfigError, match=r"^max_bytes must be at least 1, got 0$"):
+        BoundedStore(None, 0)
+    one = BoundedStore(1, 1)  # the smallest bounds are accepted and hold one byte
+    one.set("a", Record("a", size=1))
+    assert one.bytes == 1
+
+
 def test_too_large_changes_nothing() -> None:
     store = BoundedStore(None, 10, policy_from_name("wtinylfu"))
     store.set("a", Record("a", size=6))
