@@ -189,26 +189,37 @@ async def l1_get(settings: Settings) -> AsyncIterator[Suite]:
 
 # -- 1b. in-process (L1) put --------------------------------------------------------------------
 
+def l1_setters(mem: Memory, lru: LRUCache[str, Any], cashews: CashewsCache,
+               aio_default: SimpleMemoryCache, aio_plain: SimpleMemoryCache,
+               ) -> tuple[Callable[[str], Awaitable[None]], ...]:
+    """The ``l1_put`` suite's operations, one key each: sophia's put, then cachetools',
+    cashews', aiocache's (default) and aiocache's (timeout=None) set of :data:`L1_VALUE`."""
+
+    async def sophia_put(key: str) -> None:
+        await mem.put(key, L1_VALUE, tier=Tier.SESSION)
+
+    async def lru_set(key: str) -> None:
+        lru[key] = L1_VALUE
+
+    async def cashews_set(key: str) -> None:
+        await cashews.set(key, L1_VALUE)
+
+    async def aio_default_set(key: str) -> None:
+        await aio_default.set(key, L1_VALUE)
+
+    async def aio_plain_set(key: str) -> None:
+        await aio_plain.set(key, L1_VALUE)
+
+    return sophia_put, lru_set, cashews_set, aio_default_set, aio_plain_set
+
+
 @asynccontextmanager
 async def l1_put(settings: Settings) -> AsyncIterator[Suite]:
     async with AsyncExitStack() as stack:
-        mem, lru, cashews, aio_default, aio_plain = await _open_l1_contestants(stack, "l1put")
+        contestants = await _open_l1_contestants(stack, "l1put")
         seq = KeySequence(L1_KEYS, settings.max_ops)
-
-        async def sophia_put(key: str) -> None:
-            await mem.put(key, L1_VALUE, tier=Tier.SESSION)
-
-        async def lru_set(key: str) -> None:
-            lru[key] = L1_VALUE
-
-        async def cashews_set(key: str) -> None:
-            await cashews.set(key, L1_VALUE)
-
-        async def aio_default_set(key: str) -> None:
-            await aio_default.set(key, L1_VALUE)
-
-        async def aio_plain_set(key: str) -> None:
-            await aio_plain.set(key, L1_VALUE)
+        sophia_put, lru_set, cashews_set, aio_default_set, aio_plain_set = \
+            l1_setters(*contestants)
 
         yield Suite(
             key="l1_put",

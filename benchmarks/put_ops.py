@@ -33,9 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from _suites import L1_KEYS, L1_VALUE, _open_l1_contestants
+from _suites import L1_KEYS, L1_VALUE, _open_l1_contestants, l1_setters
 from hit_ratio import _git_commit
-from sophia_memory import Tier
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,20 +75,8 @@ async def measure(ops: int) -> tuple[list[tuple[str, str, float, float]], Counte
     async with AsyncExitStack() as stack:
         mem, lru, cashews, aio_default, aio_plain = await _open_l1_contestants(stack, "ops")
 
-        async def put(key: str) -> None:
-            await mem.put(key, L1_VALUE, tier=Tier.SESSION)
-
-        async def lru_set(key: str) -> None:
-            lru[key] = L1_VALUE
-
-        async def cashews_set(key: str) -> None:
-            await cashews.set(key, L1_VALUE)
-
-        async def aio_default_set(key: str) -> None:
-            await aio_default.set(key, L1_VALUE)
-
-        async def aio_plain_set(key: str) -> None:
-            await aio_plain.set(key, L1_VALUE)
+        put, lru_set, cashews_set, aio_default_set, aio_plain_set = l1_setters(
+            mem, lru, cashews, aio_default, aio_plain)
 
         async def lru_get(key: str) -> Any:
             return lru.get(key)
