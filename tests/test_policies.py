@@ -1,12 +1,14 @@
 """Every eviction policy against a simple reference: a BoundedStore driven by random puts,
 overwrites, reads and deletes keeps its bounds, evicts only keys it held, hands each evicted
 record to the listener, and agrees with a plain dict model of what it holds. LRU and FIFO
-are also compared victim by victim with an OrderedDict reference; SIEVE and S3-FIFO with
-plain readings of their specifications (lists, item and byte bounds, under a plain reading of
-the store) and their papers' small worked examples."""
+are also compared victim by victim with an OrderedDict reference; SIEVE, S3-FIFO and
+W-TinyLFU with plain readings of their specifications (lists, item and byte bounds, under a
+plain reading of the store; W-TinyLFU's segments, read buffer and hill climbing state too)
+and SIEVE and S3-FIFO with their papers' small worked examples."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import subprocess
@@ -207,6 +209,8 @@ class _PlainSieve:
     def read(self, key: str, weight: int) -> None:
         self.visited.add(key)
 
+    access = read
+
     def remove(self, key: str) -> None:
         i = self.queue.index(key)
         del self.queue[i]
@@ -279,6 +283,8 @@ class _PlainS3FIFO:
             if i is not None:
                 queue[i][1] = weight
 
+    access = read
+
     def remove(self, key: str) -> None:
         if self.count.pop(key, None) is None:
             return
@@ -314,12 +320,179 @@ class _PlainS3FIFO:
             self.main.append(self.main.pop(0))
 
 
+class _PlainWTinyLFU:
+    """W-TinyLFU as :class:`WTinyLFUPolicy` documents it (after Caffeine), on lists of
+    ``[key, weight]`` (oldest first) whose weights are summed when asked, counting with
+    :class:`_PlainSketch`. New keys enter the window; past its share the oldest overflow into
+    probation. Reads wait in a buffer of the last 256 and are applied before any other hook:
+    a key read in the window or protected moves to the newest end, in probation to protected
+    (whose oldest go back to probation past protected's share); each applied read is a
+    sighting and a hit, each insert a sighting and a miss. A full store's victim: when the
+    window is at its share, its oldest key against main's oldest (probation's, else
+    protected's): the candidate goes to probation unless it is not more frequent than the
+    victim (a candidate seen 6 times or more still gets in when ``getrandbits(7)`` of a
+    ``Random(0)`` draws 0), and the loser is evicted; else main's oldest (the window's when
+    main is empty). Every ``10 * capacity`` requests, the window moves by a step (6.25 % of
+    the capacity, decayed by 0.98 a sample, restarted at full size when the hit rate moved
+    5 points) the way the hit rate went, taking keys from main's oldest or giving its oldest
+    to probation."""
+
+    def __init__(self, max_items: int | None, max_bytes: int | None) -> None:
+        self.segments: dict[str, list[list[object]]] = {
+            "window": [], "probation": [], "protected": []}
+        self.reads: list[str] = []
+        self.random = random.Random(0)
+        self.hits = self.misses = 0
+        self.previous_rate = 0.0
+        self.grows = max_items is None
+        self.sketch = _PlainSketch(max_items or 16)
+        self.sample = 10 * (max_items or 16)
+        capacity = max_items or max_bytes or (1 << 62)
+        self.capacity = capacity
+        self.window_max = max(1, capacity - int(capacity * 0.99))
+        self.protected_max = int(0.8 * (capacity - self.window_max))
+        self.step = -0.0625 * capacity
+
+    def weight(self, name: str) -> int:
+        return sum(w for _, w in self.segments[name])  # type: ignore[misc]
+
+    def find(self, key: str) -> tuple[str, int] | None:
+        for name, segment in self.segments.items():
+            for i, (k, _) in enumerate(segment):
+                if k == key:
+                    return name, i
+        return None
+
+    def move(self, source: str, i: int, target: str) -> None:
+        self.segments[target].append(self.segments[source].pop(i))
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.segments.values())
+
+    def insert(self, key: str, weight: int) -> None:
+        self.drain()
+        self.sketch.increment(key)
+        self.misses += 1
+        window = self.segments["window"]
+        window.append([key, weight])
+        while self.weight("window") > self.window_max and len(window) > 1:
+            self.move("window", 0, "probation")
+        if self.grows and len(self) > self.sketch.sample_size // 10:
+            self.sketch = _PlainSketch(2 * len(self))  # sized for twice the keys, counts lost
+            self.sample = self.sketch.sample_size
+        if self.hits + self.misses >= self.sample:
+            self.climb()
+
+    def access(self, key: str, weight: int) -> None:
+        """A read: buffered."""
+        self.reads = [*self.reads, key][-256:]
+
+    def read(self, key: str, weight: int) -> None:
+        """An overwrite that keeps the key (``weight``: the size now held): a read, and when
+        weights are sizes, the new weight (the buffer applied first)."""
+        if self.grows:
+            self.drain()
+            place = self.find(key)
+            if place is not None:
+                self.segments[place[0]][place[1]][1] = weight
+        self.access(key, weight)
+
+    def remove(self, key: str) -> None:
+        self.drain()
+        place = self.find(key)
+        if place is not None:
+            del self.segments[place[0]][place[1]]
+
+    def drain(self) -> None:
+        reads, self.reads = self.reads, []
+        for key in reads:
+            place = self.find(key)
+            if place is None:
+                continue
+            name, i = place
+            self.move(name, i, "protected" if name == "probation" else name)
+            if name == "probation":
+                self.demote()
+            self.sketch.increment(key)
+            self.hits += 1
+        if reads and self.hits + self.misses >= self.sample:
+            self.climb()
+
+    def demote(self) -> None:
+        while self.weight("protected") > self.protected_max and self.segments["protected"]:
+            self.move("protected", 0, "probation")
+
+    def next_victim(self) -> str | None:
+        return None
+
+    def victim(self) -> str:
+        self.drain()
+        window, probation, protected = (self.segments[n]
+                                        for n in ("window", "probation", "protected"))
+        main = probation or protected
+        if window and self.weight("window") >= self.window_max:
+            candidate = str(window[0][0])
+            if not main:
+                return candidate
+            victim = str(main[0][0])
+            frequency = self.sketch.estimate(candidate)
+            if not (frequency > self.sketch.estimate(victim)
+                    or (frequency >= 6 and self.random.getrandbits(7) == 0)):
+                return candidate
+            self.move("window", 0, "probation")
+            return victim
+        return str((main or window)[0][0])
+
+    def climb(self) -> None:
+        rate = self.hits / (self.hits + self.misses)
+        self.hits = self.misses = 0
+        change = rate - self.previous_rate
+        amount = self.step if change >= 0 else -self.step
+        if abs(change) >= 0.05:
+            self.step = 0.0625 * self.capacity * (1 if amount >= 0 else -1)
+        else:
+            self.step = 0.98 * amount
+        self.previous_rate = rate
+        self.demote()
+        if int(amount) > 0:  # grow the window, from probation's oldest (else protected's)
+            quota = min(int(amount), self.protected_max)
+            if quota > 0:
+                self.protected_max -= quota
+                self.window_max += quota
+                self.demote()
+                quota = self.transfer(quota, ("probation", "protected"), "window")
+                self.protected_max += quota
+                self.window_max -= quota
+        elif int(amount) < 0:  # shrink it, its oldest to probation
+            quota = min(-int(amount), max(0, self.window_max - 1))
+            if quota > 0:
+                self.protected_max += quota
+                self.window_max -= quota
+                quota = self.transfer(quota, ("window",), "probation")
+                self.protected_max -= quota
+                self.window_max += quota
+
+    def transfer(self, quota: int, sources: tuple[str, ...], target: str) -> int:
+        """Move up to 1,000 oldest keys of the first source whose oldest fits the quota (the
+        last source when none does) to ``target`` while they fit; the quota left."""
+        for _ in range(1000):
+            source = next((s for s in sources if self.segments[s]
+                           and self.segments[s][0][1] <= quota), sources[-1])  # type: ignore[operator]
+            segment = self.segments[source]
+            if not segment or quota < segment[0][1]:  # type: ignore[operator]
+                break
+            quota -= segment[0][1]  # type: ignore[operator]
+            self.move(source, 0, target)
+        return quota
+
+
 class _PlainStore:
     """:class:`BoundedStore` as documented, over a plain policy: an overwrite that fits in
     place keeps the key (a use); one that grows past the byte bound re-enters it; an insert
     first evicts the policy's victims while either bound would be exceeded."""
 
-    def __init__(self, policy: _PlainSieve | _PlainS3FIFO, max_items: int | None,
+    def __init__(self, policy: _PlainSieve | _PlainS3FIFO | _PlainWTinyLFU,
+                 max_items: int | None,
                  max_bytes: int | None) -> None:
         self.policy, self.max_items, self.max_bytes = policy, max_items, max_bytes
         self.sizes: dict[str, int] = {}
@@ -352,22 +525,38 @@ class _PlainStore:
 
     def get(self, key: str) -> None:
         if key in self.sizes:
-            self.policy.read(key, self._weight(self.sizes[key]))
+            self.policy.access(key, self._weight(self.sizes[key]))
 
     def delete(self, key: str) -> None:
         if self.sizes.pop(key, None) is not None:
             self.policy.remove(key)
 
 
+def _same_wtinylfu(policy: EvictionPolicy, plain: _PlainWTinyLFU) -> None:
+    """The segments in order with their weights, the buffered reads and the climbing state."""
+    assert isinstance(policy, WTinyLFUPolicy)
+    for name, segment in (("window", policy._window), ("probation", policy._probation),
+                          ("protected", policy._protected)):
+        assert [[k, w] for k, w in segment.items()] == plain.segments[name], name
+        assert getattr(policy, f"_{name}_weight") == plain.weight(name), name
+    assert list(policy._reads) == plain.reads
+    assert (policy.window_max, policy.protected_max, policy._hits, policy._misses) \
+        == (plain.window_max, plain.protected_max, plain.hits, plain.misses)
+    assert (policy._step, policy._previous_rate) == (plain.step, plain.previous_rate)
+
+
 def _against_plain(policy: str, max_items: int | None, max_bytes: int | None,
-                   ops: list[tuple[str, str, int]]) -> None:
+                   ops: list[tuple[str, str, int]], chosen: EvictionPolicy | None = None,
+                   ) -> None:
     """Drive the store and the plain reading of its policy with ``ops``: the same keys are
     evicted at every put, the same keys are held, and the same order drains them."""
-    store = BoundedStore(max_items, max_bytes, policy_from_name(policy))
+    store = BoundedStore(max_items, max_bytes,
+                         chosen if chosen is not None else policy_from_name(policy))
     capacity = max_items if max_items is not None else max_bytes
     assert capacity is not None
-    plain = _PlainStore(_PlainSieve() if policy == "sieve" else _PlainS3FIFO(capacity),
-                        max_items, max_bytes)
+    reference = (_PlainSieve() if policy == "sieve" else _PlainS3FIFO(capacity)
+                 if policy == "s3fifo" else _PlainWTinyLFU(max_items, max_bytes))
+    plain = _PlainStore(reference, max_items, max_bytes)
     out: list[str] = []
     store.listener = lambda key, rec: out.append(key)
     for op, key, size in ops:
@@ -383,6 +572,8 @@ def _against_plain(policy: str, max_items: int | None, max_bytes: int | None,
             plain.delete(key)
         assert {k: r.size for k, r in store.data.items()} == plain.sizes
         assert store.policy.next_victim() == plain.policy.next_victim()
+        if isinstance(reference, _PlainWTinyLFU):
+            _same_wtinylfu(store.policy, reference)
     while store.data:
         key = store.policy.victim()
         assert key == plain.policy.victim()
@@ -390,26 +581,26 @@ def _against_plain(policy: str, max_items: int | None, max_bytes: int | None,
         plain.delete(key)
 
 
-@pytest.mark.parametrize("policy", ["sieve", "s3fifo"])
+@pytest.mark.parametrize("policy", ["sieve", "s3fifo", "wtinylfu"])
 @settings(max_examples=200, deadline=None)
 @given(ops=OPS, max_items=st.integers(1, 14))
-def test_sieve_and_s3fifo_equal_their_plain_reading(policy: str,
+def test_policies_equal_their_plain_reading(policy: str,
                                                    ops: list[tuple[str, str, int]],
                                                    max_items: int) -> None:
     _against_plain(policy, max_items, None, ops)
 
 
-@pytest.mark.parametrize("policy", ["sieve", "s3fifo"])
+@pytest.mark.parametrize("policy", ["sieve", "s3fifo", "wtinylfu"])
 @settings(max_examples=200, deadline=None)
 @given(ops=OPS, max_bytes=st.integers(40, 300))
-def test_sieve_and_s3fifo_equal_their_plain_reading_by_bytes(
+def test_policies_equal_their_plain_reading_by_bytes(
         policy: str, ops: list[tuple[str, str, int]], max_bytes: int) -> None:
     _against_plain(policy, None, max_bytes, ops)
 
 
-@pytest.mark.parametrize("policy", ["sieve", "s3fifo"])
+@pytest.mark.parametrize("policy", ["sieve", "s3fifo", "wtinylfu"])
 @pytest.mark.parametrize("bounds", [(20, None), (2, None), (None, 400), (12, 300)])
-def test_sieve_and_s3fifo_equal_their_plain_reading_on_a_long_run(
+def test_policies_equal_their_plain_reading_on_a_long_run(
         policy: str, bounds: tuple[int | None, int | None]) -> None:
     # Long enough for every path: ghost hits and trimming, moves to main, CLOCK rounds.
     rnd = random.Random(7)
@@ -420,6 +611,59 @@ def test_sieve_and_s3fifo_equal_their_plain_reading_on_a_long_run(
         op = "put" if roll < 0.5 else "get" if roll < 0.95 else "delete"
         ops.append((op, key, rnd.randint(1, 40)))
     _against_plain(policy, *bounds, ops)
+
+
+@pytest.mark.parametrize("bounds", [(150, None), (None, 3000)])
+def test_wtinylfu_equals_its_plain_reading_while_its_window_climbs(
+        bounds: tuple[int | None, int | None]) -> None:
+    """Phases that reward a large window (working sets that move) and a small one (a skewed
+    set read again and again), with bursts of reads longer than the read buffer: every
+    transfer size, both directions of the climb, restarts of the step and dropped reads."""
+    rnd = random.Random(3)
+    ops: list[tuple[str, str, int]] = []
+    for phase in range(8):
+        for t in range(2500):
+            if phase % 2:  # 100 hot keys among keys read once: a small window wins
+                key = f"h{rnd.randrange(100)}" if rnd.random() < 0.6 else f"u{phase}-{t}"
+            else:  # a working set that moves each phase: a large window wins
+                key = f"p{phase}-{rnd.randrange(120)}"
+            ops.append(("get", key, 0))
+            ops.append(("put", key, rnd.randint(1, 30)))
+        ops += [("get", f"h{i}", 0) for i in range(40)] * 9  # 360 reads, no write
+    windows = []
+    policy = policy_from_name("wtinylfu")
+    assert isinstance(policy, WTinyLFUPolicy)
+    original = policy._climb
+
+    def climb() -> None:
+        original()
+        windows.append(policy.window_max)
+
+    policy._climb = climb  # type: ignore[method-assign]
+    _against_plain("wtinylfu", *bounds, ops, policy)
+    moves = [b - a for a, b in itertools.pairwise(windows)]
+    assert max(moves) > 0 and min(moves) < 0, windows  # it grew and it shrank
+
+
+def test_wtinylfu_window_moves_within_the_capacity() -> None:
+    """The window grows only by what protected can give (never below zero) and shrinks to
+    one key at least; the keys follow the quota and the bound holds."""
+    policy = WTinyLFUPolicy()
+    store = BoundedStore(20, None, policy)
+    for i in range(20):
+        store.set(f"k{i}", Record(i, size=1))
+    assert (policy.window_max, policy.protected_max) == (1, 15)
+    for _ in range(4):
+        policy._grow_window(7)
+        assert policy.protected_max >= 0 and policy.window_max + policy.protected_max <= 20
+    assert (policy.window_max, policy.protected_max) == (16, 0)
+    assert len(policy._window) == 16 and len(policy) == 20
+    for _ in range(4):
+        policy._shrink_window(7)
+        assert policy.window_max >= 1
+    assert (policy.window_max, policy.protected_max) == (1, 15) and len(policy._window) == 1
+    store.set("new", Record(0, size=1))
+    assert len(store) == 20 and "new" in store.data
 
 
 def test_s3fifo_refuses_a_small_queue_outside_0_1_and_runs_unbounded() -> None:
