@@ -666,6 +666,64 @@ def test_wtinylfu_window_moves_within_the_capacity() -> None:
     assert len(store) == 20 and "new" in store.data
 
 
+def test_wtinylfu_refuses_shares_outside_0_1() -> None:
+    for window, protected in ((0, 0.8), (1, 0.8), (1.5, 0.8), (0.01, 0), (0.01, 1),
+                              (0.01, 1.5), (-0.1, 0.8), (0.01, -0.1)):
+        with pytest.raises(ValueError,
+                           match=r"^window and protected are fractions in \(0, 1\)$"):
+            WTinyLFUPolicy(window=window, protected=protected)
+    policy = WTinyLFUPolicy(window=0.99, protected=0.01)
+    assert (policy.window_ratio, policy.protected_ratio) == (0.99, 0.01)
+
+
+def test_wtinylfu_admission_lets_a_warm_loser_in_one_time_in_128() -> None:
+    """TinyLFU admission: the more frequent key wins; a candidate seen at least 6 times that
+    loses still gets in when 7 random bits are all zero (Caffeine's guard against a flood
+    that pins a victim), drawn from the policy's ``Random(seed)``."""
+    policy = WTinyLFUPolicy(seed=0)
+    for key, times in (("cold", 5), ("warm", 6), ("hot", 15)):
+        for _ in range(times):
+            policy.sketch.increment(key)
+    assert (policy.sketch.estimate("cold"), policy.sketch.estimate("warm")) == (5, 6)
+    assert all(policy._admit("hot", "warm") for _ in range(100))  # more frequent: always
+    assert not any(policy._admit("cold", "hot") for _ in range(1000))  # below 6: never
+    assert not policy._admit("warm", "warm")  # a tie is a loss (then the draw)
+    draws = random.Random(0)
+    draws.getrandbits(7)  # the draw the tie took
+    admitted = [policy._admit("warm", "hot") for _ in range(5000)]
+    assert admitted == [draws.getrandbits(7) == 0 for _ in range(5000)]
+    assert 20 < sum(admitted) < 60  # about 5000 / 128
+
+
+def test_wtinylfu_admits_every_offer_to_its_window() -> None:
+    # Its window's exit is the admission: an offer from a slower tier always gets in, even
+    # to a full store and when never seen before.
+    store = BoundedStore(2, None, WTinyLFUPolicy())
+    for key in "ab":
+        store.set(key, Record(key, size=1))
+        store.peek(key)
+    assert store.full(1) and store.admit("new", 1) and store.admit("new", 1)
+
+
+def test_wtinylfu_climb_restarts_the_step_at_five_points() -> None:
+    """A change of the hit rate of 5 points or more restarts the step at 6.25 % of the
+    capacity in the direction taken; a smaller one decays it by 2 %; the first step
+    shrinks the window (towards frequency), and a worse rate turns back."""
+    policy = WTinyLFUPolicy()
+    BoundedStore(1000, None, policy)
+    assert policy._step == -62.5
+    policy._hits, policy._misses = 1, 19  # 0.05 exactly: 5 points up from 0
+    policy._climb()
+    assert policy._step == -62.5 and policy._previous_rate == 0.05  # kept its direction
+    policy._hits, policy._misses = 2, 38  # no change: same direction, decayed
+    policy._climb()
+    assert policy._step == -62.5 * 0.98
+    policy._hits, policy._misses = 1, 39  # 2.5 points worse: turn back, decayed
+    policy._climb()
+    assert policy._step == 62.5 * 0.98 * 0.98 and policy._previous_rate == 0.025
+    assert (policy._hits, policy._misses) == (0, 0)  # a new sample starts
+
+
 def test_s3fifo_refuses_a_small_queue_outside_0_1_and_runs_unbounded() -> None:
     for ratio in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="small_ratio"):

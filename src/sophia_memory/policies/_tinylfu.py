@@ -78,7 +78,6 @@ class WTinyLFUPolicy(BufferedReads):
         self.window_max = max(1, capacity - int(capacity * (1 - self.window_ratio)))
         self.protected_max = int(self.protected_ratio * (capacity - self.window_max))
         self._step = -_STEP * capacity
-        self._adjustment = 0.0
 
     def bind(self, max_items: int | None, max_bytes: int | None,
              sizeof: Callable[[str], int]) -> None:
@@ -234,7 +233,6 @@ class WTinyLFUPolicy(BufferedReads):
         else:
             self._step = _STEP_DECAY * amount
         self._previous_rate = rate
-        self._adjustment = amount
         self._demote()
         if int(amount) > 0:
             self._grow_window(int(amount))
