@@ -674,6 +674,51 @@ async def test_admission_refuses_copies_seen_less_often_than_their_victim(
         assert mem.stats()["promotion"]["done"] == 1
 
 
+@pytest.mark.parametrize("policy", ["lru", "fifo", "sieve", "s3fifo", "adaptive"])
+async def test_admission_holds_against_a_scan_read_without_a_pause(
+        clock: ManualClock, policy: str) -> None:
+    """A scan read in one go (no await that lets the promotion worker run, or one get_many)
+    is judged copy by copy as the worker installs it, against what the tier holds by then:
+    the hot keys (each offered once, as each key of the scan is) stay, and every copy of the
+    scan past the tier's free room is refused."""
+    session = f"memory://?max_items=20&policy={policy}&admission=1"
+    async with open_promoting(clock, session, promotion_queue=1000) as mem:
+        await mem.put_many({f"h{i}": i for i in range(10)} | {f"s{i}": i for i in range(200)},
+                           tier=Tier.PERSISTENT)
+        for i in range(10):
+            await mem.get(f"h{i}")
+        await mem.flush()
+        for i in range(100):
+            assert await mem.get(f"s{i}") == i
+        assert len(await mem.get_many([f"s{i}" for i in range(100, 200)])) == 100
+        await mem.flush()
+        held = set(await mem.keys(Tier.SESSION))
+        assert {f"h{i}" for i in range(10)} <= held, (policy, sorted(held))
+        assert len(held) == 20
+        assert mem.stats()["promotion"]["refused"] == 190
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+async def test_admission_counts_writes_to_the_tier(clock: ManualClock, policy: str) -> None:
+    """Keys written to the tier itself count as seen: a scan of keys offered once from a
+    slower tier does not displace them, even where the policy evicts them first."""
+    session = f"memory://?max_items=20&policy={policy}&admission=1"
+    async with open_promoting(clock, session) as mem:
+        await mem.put_many({f"s{i}": i for i in range(200)}, tier=Tier.PERSISTENT)
+        for i in range(10):
+            await mem.put(f"h{i}", i, tier=Tier.SESSION)
+        for i in range(200):
+            assert await mem.get(f"s{i}") == i
+            await mem.flush()
+        held = set(await mem.keys(Tier.SESSION))
+        assert {f"h{i}" for i in range(10)} <= held, sorted(held)
+        assert mem.stats()["promotion"]["refused"] == 190
+        # A key offered again beats a key written once: it gets in.
+        assert await mem.get("s150") == 150
+        await mem.flush()
+        assert "s150" in await mem.keys(Tier.SESSION)
+
+
 async def test_gpu_admission_refuses_arrays_seen_less_often_than_its_victim(
         clock: ManualClock) -> None:
     """Admission on the GPU tier: arrays offered once (on their second hit) do not displace

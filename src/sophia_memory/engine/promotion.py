@@ -10,10 +10,13 @@ second hit and then goes into GPU and SESSION together (copied into SESSION at o
 hits would be in-process and never counted).
 
 Admission: a bounded target whose backend is :class:`~sophia_memory.policies.Admitting` (the
-in-process tier) is asked first, and a copy is made only when the target's frequency estimate
-says the key is seen more often than what it would evict there (TinyLFU admission, for a
-``wtinylfu`` tier). So a scan of keys read once from a slower tier cannot flush the faster
-one; each offer counts as a sighting, so a key read again and again does get in.
+in-process tier with ``memory://?admission=1``; off by default) is asked as each copy is
+installed (so it judges against what the tier holds then, earlier copies of the same burst
+of reads included), and the copy is made only when the target's frequency estimate says the
+key is seen more often than what it would evict there (TinyLFU admission; a ``wtinylfu``
+tier admits every copy to its window, whose exit is that comparison). So a scan of keys read
+once from a slower tier cannot flush the faster one; each offer and each write to the tier
+counts as a sighting, so a key read again and again does get in.
 """
 
 from __future__ import annotations
@@ -68,11 +71,9 @@ class Promoter:
         self.dropped = 0
         self.done = 0
 
-    def targets(self, key: str, value: Any, found: TierHandle, size: int = 0
-                ) -> list[TierHandle]:
+    def targets(self, key: str, value: Any, found: TierHandle) -> list[TierHandle]:
         targets: list[TierHandle] = []
         gpu = self.gpu
-        admission = self.admission
         if gpu is not None and gpu.index < found.index and is_pool_value(value):
             hits = self.array_hits.pop(key, 0) + 1
             if hits < 2:
@@ -80,21 +81,15 @@ class Promoter:
                 if len(self.array_hits) > _ARRAY_HITS_MAX:
                     self.array_hits.popitem(last=False)
                 return []
-            if gpu.tier not in admission or admission[gpu.tier].admit(key, size):
-                targets.append(gpu)
-            else:
-                self.refused += 1
+            targets.append(gpu)
         session = self.session
         if session is not None and session.index < found.index:
-            if session.tier not in admission or admission[session.tier].admit(key, size):
-                targets.append(session)
-            else:
-                self.refused += 1
+            targets.append(session)
         return targets
 
     def schedule(self, key: str, value: Any, rec: Record, found: TierHandle, gen0: int) -> None:
         """Queue the promotion of a hit read at generation ``gen0`` (never blocks)."""
-        targets = self.targets(key, value, found, rec.size)
+        targets = self.targets(key, value, found)
         if not targets:
             return
         queue = self.queue
@@ -122,12 +117,19 @@ class Promoter:
         key, value, src, found, targets, gen0 = job
         order = self.order
         stripe = order.stripe(key)
+        admission = self.admission
         async with order.locks[stripe]:
             if order.gens[stripe] != gen0:
                 return  # a write to this stripe happened since the read: the value may be old
             for tier in targets:
                 if src.expired(self.now()):
                     return
+                # Asked now, not when the hit was read: the tier holds every copy installed
+                # before this one, so a burst of reads cannot all pass as "room to spare".
+                gate = admission.get(tier.tier)
+                if gate is not None and not gate.admit(key, src.size):
+                    self.refused += 1
+                    continue
                 copy = self._copy(tier, value, src, found)
                 if isinstance(tier, InProcessTier):
                     if tier.tier is Tier.GPU and not tier.fits(src.size, src.extra.get("pool")):

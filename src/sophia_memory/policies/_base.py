@@ -86,6 +86,15 @@ class EvictionPolicy(ABC):
         victim = self.next_victim()
         return victim is None or offers.estimate(key) > offers.estimate(victim)
 
+    def seen(self, key: str) -> None:
+        """Count a sighting of ``key`` other than an offer (a write to the store) in the
+        estimate :meth:`admit` reads, so a key written here is not worth less than a key
+        offered once. Hits are not counted (that would cost the hot path)."""
+        offers = self._offers
+        if offers is None:
+            offers = self._offers = FrequencySketch(_OFFERS)
+        offers.increment(key)
+
     def next_victim(self) -> str | None:
         """The key :meth:`victim` would most likely give up next, changing nothing; None
         when unknown (then :meth:`admit` admits every offer)."""

@@ -156,6 +156,9 @@ class WTinyLFUPolicy(BufferedReads):
         (``benchmarks/hit_ratio.py``), and a scan only cycles through the window anyway."""
         return True
 
+    def seen(self, key: str) -> None:
+        """Nothing: the sketch counts every insert and read already."""
+
     def __len__(self) -> int:
         return len(self._window) + len(self._probation) + len(self._protected)
 

@@ -6,6 +6,7 @@ cachetools): treat cached values as immutable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...policies import (
@@ -28,8 +29,8 @@ class MemoryBackend(Backend):
     not one).
 
     With ``admission`` (off by default) it is :class:`~sophia_memory.policies.Admitting`:
-    promotion asks ``admit`` before it copies a hit from a slower tier here, and the copy is
-    made only when the key is seen more often than what it would evict
+    promotion asks ``admit`` as it copies a hit from a slower tier here, and the copy is made
+    only when the key was offered or written here more often than what it would evict
     (:meth:`~sophia_memory.policies.EvictionPolicy.admit`), so a scan read from a slower tier
     cannot flush this one. Without it every hit below is promoted.
     """
@@ -45,11 +46,23 @@ class MemoryBackend(Backend):
         self.resident = self._store.data
         self.read = self._store.data.__getitem__
         self.touch = self._store.touch
-        self.put_nowait = self._store.set
+        self.put_nowait: Callable[[str, Record], None] = self._store.set
         self.pop_nowait = self._store.pop
         self.fits = self._store.fits
         if admission:
             self.admit = self._store.admit
+            self.put_nowait = self._put_seen
+            self._seen = self._store.policy.seen
+
+    def _put_seen(self, key: str, record: Record) -> None:
+        """A put that also counts a write (not a promoted copy) as a sighting for admission."""
+        self._store.set(key, record)
+        if record.home:
+            self._seen(key)
+
+    def capacity(self, pool: str | None = None) -> int | None:
+        """The byte bound (None: bounded by items only, or not at all)."""
+        return self._store.max_bytes
 
     def discard(self, key: str, record: Record) -> None:
         if self._store.data.get(key) is record:
@@ -62,7 +75,7 @@ class MemoryBackend(Backend):
         return self._store.peek(key)
 
     async def put(self, key: str, record: Record) -> None:
-        self._store.set(key, record)
+        self.put_nowait(key, record)
 
     async def delete(self, key: str, now: float) -> bool:
         rec = self._store.pop(key)

@@ -446,6 +446,11 @@ class PoolBackend(Backend):
         store = self.pools.get(self.default_pool if pool is None else pool)
         return store is None or store.fits(size)
 
+    def capacity(self, pool: str | None = None) -> int | None:
+        """The byte budget of the pool named ``pool`` (None: the default pool), if known."""
+        store = self.pools.get(self.default_pool if pool is None else pool)
+        return None if store is None else store.max_bytes
+
     def put_nowait(self, key: str, record: Record) -> None:
         """Copy ``record``'s value into its pool, evicting (and so spilling) that pool's
         least recently used items first, by the LRU's bytes and by the allocator's blocks.
