@@ -368,3 +368,98 @@ async def test_foreign_payload_in_sqlite_is_refused_by_signed_codec(
                            signing_key=SIGNING_KEY) as mem:
         with pytest.raises(SignatureError):
             await mem.get("k")
+
+
+# -- found by a review (2026-12-03) ------------------------------------------------------------
+
+async def test_many_calls_refuse_one_str_and_what_is_not_a_collection(mem: Memory) -> None:
+    """One str is not a key per character: get_many("abc") and delete_many("abc") are refused
+    (nothing deleted), as are a None and a put_many of pairs instead of a mapping."""
+    for k in "abc":
+        await mem.put(k, k)
+    for call in (mem.get_many("abc"), mem.delete_many("abc"), mem.get_many(b"abc"),
+                 mem.get_many(None), mem.delete_many(3), mem.put_many([("a", 1)])):  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="takes"):
+            await call
+    assert await mem.get_many(["a", "b", "c"]) == {"a": "a", "b": "b", "c": "c"}
+    assert await mem.get_many(k for k in "ab") == {"a": "a", "b": "b"}  # any iterable
+
+
+async def test_a_str_subclass_key_is_its_string_on_every_path(mem: Memory) -> None:
+    """A StrEnum member is the plain string it holds, on the first read and the next, on a
+    miss, a put, get_many and delete (before, the first read refused it, the next found it)."""
+    import enum
+
+    class K(enum.StrEnum):
+        A = "a"
+        B = "b"
+
+    await mem.put("a", 1)
+    assert [await mem.get(K.A) for _ in range(3)] == [1, 1, 1]
+    assert await mem.get(K.B) is None
+    await mem.put(K.B, 2)
+    assert await mem.get("b") == 2 and await mem.get_many([K.A, K.B]) == {"a": 1, "b": 2}
+    assert await mem.keys(Tier.SESSION) == ["a", "b"]
+    assert all(type(k) is str for k in await mem.keys(Tier.SESSION))
+    assert await mem.delete(K.A) and await mem.get("a") is None
+
+
+async def test_get_or_load_and_cached_refuse_bad_arguments_before_loading(mem: Memory) -> None:
+    calls = []
+
+    async def expensive() -> str:
+        calls.append(1)
+        return "r"
+
+    for kwargs in ({"ttl": -1}, {"ttl": 0}, {"tier": "bogus"}, {"meta": {1: 2}}):
+        with pytest.raises(InvalidArgumentError):
+            await mem.get_or_load("k", expensive, **kwargs)  # type: ignore[arg-type]
+    for kwargs in ({"ttl": 0}, {"tier": "bogus"}):
+        with pytest.raises(InvalidArgumentError):
+            mem.cached(**kwargs)  # type: ignore[arg-type]
+    assert calls == [] and await mem.get("k") is None
+    assert await mem.get_or_load("k", expensive, ttl=5) == "r" and calls == [1]
+
+
+def test_a_database_directory_that_cannot_be_made_is_a_backend_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    from sophia_memory.errors import BackendError
+
+    with pytest.raises(BackendError, match=r"cannot open SQLite database .*file/sub/m\.db: "
+                                           r"cannot create its directory"):
+        Memory.open(path=str(blocker / "sub" / "m.db"))
+
+
+def test_an_option_given_twice_in_a_url_is_refused(tmp_path: Path) -> None:
+    for url, name in (("memory://?policy=bogus&policy=lru", "policy"),
+                      ("memory://?max_items=5&max_items=7", "max_items")):
+        with pytest.raises(ConfigError, match=rf"^memory:// URL gives option '{name}' more "
+                                              r"than once$"):
+            Memory.open(path=str(tmp_path / "m.db"), tiers={Tier.SESSION: url})
+    assert not (tmp_path / "m.db").exists()
+
+
+async def test_a_value_larger_than_the_tier_names_its_byte_bound(tmp_path: Path,
+                                                               clock: ManualClock) -> None:
+    async with Memory.open(path=str(tmp_path / "m.db"), clock=clock,
+                           tiers={Tier.SESSION: "memory://?max_bytes=100"}) as mem:
+        for tier in (None, Tier.SESSION):  # the put's fast path and its general one
+            with pytest.raises(ValueTooLargeError, match=r"^value is 305 bytes, over the limit "
+                               r"of 100 bytes \(Tier.SESSION capacity\)$") as raised:
+                await mem.put("k", "y" * 300, tier=tier)
+            assert raised.value.limit == 100
+        await assert_nothing_stored(mem, "k")
+
+
+async def test_none_as_an_option_is_a_value_where_the_field_takes_none(
+        tmp_path: Path, clock: ManualClock) -> None:
+    """Memory.open(session_max_items=None) means no item bound, as in MemoryConfig (before,
+    the None was dropped and the default bound kept)."""
+    async with Memory.open(path=str(tmp_path / "m.db"), clock=clock, session_max_items=None,
+                           session_max_bytes=None) as mem:
+        held = mem.stats()["tiers"]["SESSION"]["backend_stats"]
+        assert (held["max_items"], held["max_bytes"]) == (None, None)
+    async with Memory.open(path=str(tmp_path / "m.db"), clock=clock, signing_key=None) as mem:
+        held = mem.stats()["tiers"]["SESSION"]["backend_stats"]
+        assert (held["max_items"], held["max_bytes"]) == (100_000, 512 * 2**20)

@@ -45,13 +45,14 @@ def _loop(cap: int, rounds: int) -> list[str]:
     return [f"l{i}" for _ in range(rounds) for i in range(2 * cap)]
 
 
-EXPERTS = {"LRUPolicy": LRUPolicy, "S3FIFOPolicy": lambda: S3FIFOPolicy(small_ratio=0.05),
-           "S3FIFOPolicy-10": S3FIFOPolicy, "S3FIFOAdmittingPolicy": S3FIFOAdmittingPolicy}
+EXPERTS = {"lru": LRUPolicy, "s3fifo (small 5%)": lambda: S3FIFOPolicy(small_ratio=0.05),
+           "s3fifo (small 10%)": S3FIFOPolicy,
+           "s3fifo+admission (small 10%)": S3FIFOAdmittingPolicy}
 
 
 @pytest.mark.parametrize(("trace", "cap", "best"), [
-    pytest.param(_twice(3000, 5), 12, "LRUPolicy", id="recency-lru"),
-    pytest.param(_loop(20, 60), 20, "S3FIFOPolicy", id="loop-s3fifo"),
+    pytest.param(_twice(3000, 5), 12, "lru", id="recency-lru"),
+    pytest.param(_loop(20, 60), 20, "s3fifo (small 5%)", id="loop-s3fifo"),
 ])
 def test_it_follows_the_expert_that_hits_most(trace: list[str], cap: int, best: str) -> None:
     alone = {name: _replay(BoundedStore(cap, None, make()), trace)
@@ -190,7 +191,14 @@ def test_lead_must_name_an_expert() -> None:
         AdaptivePolicy(lead=4).bind(4, None, lambda key: 1)  # four experts: 0 to 3
     first = AdaptivePolicy(lead=0)
     first.bind(4, None, lambda key: 1)
-    assert first.leader_name == "LRUPolicy"
+    assert first.leader_name == "lru"
+    names = []
+    for lead in range(4):
+        policy = AdaptivePolicy(lead=lead)
+        policy.bind(4, None, lambda key: 1)
+        names.append(policy.leader_name)
+    assert names == ["lru", "s3fifo (small 5%)", "s3fifo (small 10%)",
+                     "s3fifo+admission (small 10%)"]
 
 
 def test_scores_decay_and_requests_are_counted() -> None:
@@ -455,12 +463,12 @@ async def test_stats_say_whom_the_default_policy_follows(tmp_path: Path) -> None
                            cache_only={Tier.SESSION}) as mem:
         stats = mem.stats()["tiers"]["SESSION"]["backend_stats"]
         assert stats["policy"] == "adaptive"
-        assert stats["following"] == "S3FIFOPolicy" and stats["policy_switches"] == 0
+        assert stats["following"] == "s3fifo (small 5%)" and stats["policy_switches"] == 0
         for key in _twice(3000, 5):
             if await mem.get(key) is None:
                 await mem.put(key, 1, tier=Tier.SESSION)
         stats = mem.stats()["tiers"]["SESSION"]["backend_stats"]
-        assert stats["following"] == "LRUPolicy" and stats["policy_switches"] >= 1
+        assert stats["following"] == "lru" and stats["policy_switches"] >= 1
     async with Memory.open(path=str(tmp_path / "n.db"),
                            tiers={Tier.GPU: None, Tier.SESSION: "memory://?policy=lru"}) as mem:
         assert "following" not in mem.stats()["tiers"]["SESSION"]["backend_stats"]

@@ -112,6 +112,26 @@ async def test_search_is_per_namespace_and_respects_ttl(mem: Memory, clock: Manu
     assert await mem.search(v) == [] and len(await a.search(v)) == 1
 
 
+async def test_expired_items_not_purged_yet_do_not_take_places_in_the_top_k(
+        mem: Memory, clock: ManualClock) -> None:
+    """Top-k over the live items: expired ones the purger has not removed yet are skipped
+    and the search looks further, so k live hits come back while k live items match."""
+    v = np.ones(DIM, dtype=np.float32)
+    for i in range(5):  # the nearest five expire
+        await mem.put(f"near{i}", i, tier=Tier.VECTOR, vector=v, ttl=5)
+    far = v.copy()
+    far[0] = -1.0
+    for i in range(3):
+        await mem.put(f"far{i}", i, tier=Tier.VECTOR, vector=far + i)
+    clock.advance(5)
+    assert {h.key for h in await mem.search(v, k=1)} <= {"far0", "far1", "far2"}
+    assert len(await mem.search(v, k=1)) == 1
+    assert sorted(h.key for h in await mem.search(v, k=3)) == ["far0", "far1", "far2"]
+    assert len(await mem.search(v, k=10)) == 3  # every live item, no more
+    rows = await mem.search_batch([v, far], k=2)
+    assert [len(row) for row in rows] == [2, 2]
+
+
 async def test_min_score(mem: Memory) -> None:
     await mem.put("x", 1, tier=Tier.VECTOR, vector=[1.0, 0.0])
     await mem.put("y", 2, tier=Tier.VECTOR, vector=[0.0, 1.0])

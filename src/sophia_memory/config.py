@@ -175,7 +175,9 @@ class MemoryConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        # None is "not given", except for the fields where it is a value that is not the
+        # default (session_max_items=None: no item bound; workflow_retain=None: keep all).
+        data.update({k: v for k, v in overrides.items() if v is not None or k in _NONE_IS_VALUE})
         data["tiers"] = tiers
         return cls._normalised(data)
 
@@ -236,6 +238,10 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "breaker_threshold": (int,), "breaker_reset": (float, int), "purge_interval": (float, int),
     "spill_max_items": (int,), "spill_max_bytes": (int,),
 }
+
+
+#: Fields where None, passed as an option, is a value (not the default), not "not given".
+_NONE_IS_VALUE = frozenset({"workflow_retain", "session_max_items", "session_max_bytes"})
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:

@@ -42,6 +42,30 @@ R = TypeVar("R")
 
 _SEP = "\x1f"  # joins namespace and key; refused inside keys and namespace names
 _MISSING: Any = object()
+
+
+def _too_large_for(slot: InProcessTier, size: int, pool: str | None) -> ValueTooLargeError:
+    """The error for a value larger than the whole in-process tier (or pool), with its byte
+    bound where the backend tells it."""
+    capacity = getattr(slot.backend, "capacity", None)
+    limit = capacity(pool) if capacity is not None else None
+    where = f"{slot.tier} pool {pool!r}" if pool else f"{slot.tier}"
+    return ValueTooLargeError(size, limit, f"{where} capacity")
+
+
+def _key_list(keys: object, method: str) -> list[str]:
+    """``keys`` as a list, or InvalidArgumentError for one str (not a key per character)
+    or something that is not iterable."""
+    if isinstance(keys, str | bytes):
+        raise InvalidArgumentError(f"{method} takes an iterable of keys, not one "
+                                   f"{type(keys).__qualname__}: {method}([key])")
+    try:
+        return list(cast(Iterable[str], keys))
+    except TypeError:
+        raise InvalidArgumentError(f"{method} takes an iterable of keys, got "
+                                   f"{type(keys).__qualname__}") from None
+
+
 _SAMPLE = 1023  # one in 1024 in-process hits takes the timed path (latency percentiles)
 
 
@@ -121,9 +145,12 @@ class Memory:
     # -- keys and arguments ------------------------------------------------------------------------
 
     def _key(self, key: object) -> str:
-        """The full key for a user key, or InvalidKeyError."""
+        """The full key for a user key, or InvalidKeyError. A ``str`` subclass (a StrEnum
+        member) is the plain string it holds, as a dict lookup would take it."""
         if type(key) is not str:
-            raise InvalidKeyError(f"keys must be str, got {type(key).__qualname__}")
+            if not isinstance(key, str):
+                raise InvalidKeyError(f"keys must be str, got {type(key).__qualname__}")
+            key = str.__str__(key)
         if not key:
             raise InvalidKeyError("keys must not be empty")
         if _SEP in key:
@@ -162,7 +189,7 @@ class Memory:
             # Kept as the object, but checked against the codec: it may spill to a table.
             payload, size = value, core.codec.measure(value)
             if size <= limit and not slot.fits(size, pool):
-                raise ValueTooLargeError(size, None, f"{slot.tier} capacity")
+                raise _too_large_for(slot, size, pool)
         else:
             payload = core.codec.encode(value)  # refuses unsupported values
             size = len(payload)
@@ -252,7 +279,7 @@ class Memory:
         """``{key: value}`` for the keys found (misses are left out). Each tier is asked once
         for all keys still missing."""
         prefix, limit = self._prefix, self._core.config.max_key_bytes
-        keys = keys if type(keys) is list else list(keys)
+        keys = keys if type(keys) is list else _key_list(keys, "get_many")
         if _plain_keys(keys, limit):  # the common case, checked for all keys at once
             full = [prefix + k for k in keys] if prefix else keys
         else:
@@ -330,7 +357,7 @@ class Memory:
             if size > core.config.max_value_bytes:
                 raise ValueTooLargeError(size, core.config.max_value_bytes)
             if not home.fits(size):
-                raise ValueTooLargeError(size, None, f"{home.tier} capacity")
+                raise _too_large_for(home, size, None)
             rec = Record(value, None if ttl is None else self._expiry(ttl, now), True, size,
                          next_version(), now, {})
             if not core.writer.put_nowait(full, rec, home):
@@ -378,6 +405,9 @@ class Memory:
         """Store several values in one tier; all are validated before any is stored, and SQL
         tiers write them in one transaction. ``Tier.VECTOR`` needs ``vectors={key: vector}``
         for every key."""
+        if not isinstance(items, Mapping):
+            raise InvalidArgumentError(f"put_many takes a mapping of keys to values, got "
+                                       f"{type(items).__qualname__}")
         core = self._core
         slot = core.slot(self._tier(tier))
         now = core.now()
@@ -403,7 +433,7 @@ class Memory:
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Remove several keys from every tier; how many held a live value."""
-        full = list(dict.fromkeys(self._key(k) for k in keys))
+        full = list(dict.fromkeys(self._key(k) for k in _key_list(keys, "delete_many")))
         return await self._core.delete(full) if full else 0
 
     # -- the cache staples: atomic read-modify-write of one item ------------------------------
@@ -583,20 +613,29 @@ class Memory:
         if not queries:
             return []
         t0 = time.perf_counter()
-        found = await slot.call(searchable.search, queries, k, metric, self._prefix, min_score)
-        keys = list({key for hits in found for key, _ in hits})
-        now = core.now()
-        records = await slot.get_many(keys, now) if keys else {}
-        slot.stats.latencies.append(time.perf_counter() - t0)
         n = len(self._prefix)
-        out = []
-        for hits in found:
-            row = []
-            for key, score in hits:
-                rec = records.get(key)
-                if rec is not None and not rec.expired(now):
-                    row.append(Hit(key[n:], score, core.decode(slot, rec)))
-            out.append(row)
+        want = k
+        while True:
+            found = await slot.call(searchable.search, queries, want, metric, self._prefix,
+                                    min_score)
+            keys = list({key for hits in found for key, _ in hits})
+            now = core.now()
+            records = await slot.get_many(keys, now) if keys else {}
+            out = []
+            short = False  # a row that lost hits to expiry, with more items to look at
+            for hits in found:
+                row = []
+                for key, score in hits:
+                    rec = records.get(key)
+                    if rec is not None and not rec.expired(now):
+                        row.append(Hit(key[n:], score, core.decode(slot, rec)))
+                short = short or (len(row) < k and len(hits) == want)
+                out.append(row[:k])
+            if not short:
+                break
+            # Expired items not purged yet took places in the top: look further.
+            want *= 2
+        slot.stats.latencies.append(time.perf_counter() - t0)
         return out
 
     # -- loading ----------------------------------------------------------------------------------
@@ -612,13 +651,19 @@ class Memory:
 
         Single-flight: while one caller loads a key, concurrent callers for the same key wait
         for that result instead of calling the loader. If the loader raises, every waiter gets
-        the exception and nothing is cached.
+        the exception and nothing is cached. A bad ``tier``, ``ttl`` or ``meta`` raises
+        :class:`InvalidArgumentError` before the loader is called.
         """
         value = await self.get(key, _MISSING)  # hits take the fast path
         if value is not _MISSING:
             return value
         full = self._key(key)
         core = self._core
+        # Bad arguments are refused before the (costly) loader runs, not after.
+        self._tier(tier)
+        ttl_seconds(ttl)
+        if meta is not None:
+            check_meta(meta)
 
         async def load() -> Any:
             found = await core.lookup(full)
@@ -645,8 +690,11 @@ class Memory:
         (JSON-like arguments only), or ``key(*args, **kwargs)`` when given. The decorated
         function also has ``.key(*args, **kwargs)`` (the key a call uses) and
         ``await .invalidate(*args, **kwargs)`` (forget that call's result; True if one was
-        held).
+        held). A bad ``tier`` or ``ttl`` raises :class:`InvalidArgumentError` here.
         """
+        self._tier(tier)  # bad arguments are refused here, not at the first call
+        ttl_seconds(ttl)
+
         def decorate(fn: Callable[P, Awaitable[R]]) -> Cached[P, R]:
             return Cached(self, fn, tier=tier, ttl=ttl, key=key)
         return decorate
@@ -674,7 +722,12 @@ class Memory:
 
     def stats(self) -> dict[str, Any]:
         """Per-tier counters, latency percentiles against the tier's budget, breaker state and
-        backend figures, plus the promotion queue and spill buffer."""
+        backend figures, plus the promotion queue and spill buffer.
+
+        ``p50_ms``/``p95_ms`` (and ``within_budget``) time the tier's reads, one in a sample
+        on the in-process hot path; a tier that is only written to has None there. ``hits``
+        and ``puts`` count every call; the ``misses`` of an in-process tier in front of the
+        one that hit (GPU before SESSION) are counted on the sampled reads only."""
         core = self._core
         tiers: dict[str, Any] = {}
         for slot in core.slots:

@@ -128,9 +128,14 @@ def parse_url(url: str) -> BackendURL:
         raise ConfigError(f"malformed backend URL {url!r}: expected scheme://...")
     try:
         parts = urlsplit(url)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
     except ValueError as exc:
         raise ConfigError(f"malformed backend URL: {exc}") from None
+    options = dict(pairs)
+    if len(options) < len(pairs):  # a repeated option: which one was meant is not known
+        names = [name for name, _ in pairs]
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ConfigError(f"{parts.scheme}:// URL gives option {twice!r} more than once")
     if not re.fullmatch(r"[a-z][a-z0-9+.\-]*", parts.scheme.lower()):
         raise ConfigError(f"malformed backend URL {url!r}: missing or invalid scheme")
     return BackendURL(url, parts.scheme.lower(), parts.netloc, unquote(parts.path), options)

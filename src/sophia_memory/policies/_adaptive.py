@@ -158,6 +158,15 @@ class _Shadow:
         return old is not None
 
 
+def _expert_name(policy: EvictionPolicy) -> str:
+    if isinstance(policy, S3FIFOPolicy):
+        kind = "s3fifo+admission" if isinstance(policy, S3FIFOAdmittingPolicy) else "s3fifo"
+        return f"{kind} (small {policy.small_ratio:.0%})"
+    if isinstance(policy, LRUPolicy):
+        return "lru"
+    return type(policy).__name__
+
+
 def _experts() -> list[EvictionPolicy]:
     return [LRUPolicy(), S3FIFOPolicy(small_ratio=0.05), S3FIFOPolicy(),
             S3FIFOAdmittingPolicy()]
@@ -224,10 +233,12 @@ class AdaptivePolicy(BufferedReads):
 
     @property
     def leader_name(self) -> str:
-        """The class name of the policy the store follows now."""
+        """The policy the store follows now, by the name configuration gives it, with the
+        small queue's share for S3-FIFO (two shadows differ by it): ``lru``,
+        ``s3fifo (small 5%)``, ``s3fifo (small 10%)``, ``s3fifo+admission (small 10%)``."""
         if not self._shadows:
             return "none (unbounded)"
-        return type(self._shadows[self.leader].policy).__name__
+        return _expert_name(self._shadows[self.leader].policy)
 
     def _capacity(self) -> int:
         return self._max_items or max(_MIN_CAPACITY, len(self._held))

@@ -160,7 +160,11 @@ class SQLiteEngine(SharedEngine):
         self.path = path
         self.synchronous = synchronous.upper()
         super().__init__()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, or where nothing can be created
+            raise BackendError(f"cannot open SQLite database {path}: cannot create its "
+                               f"directory: {exc.strerror or exc}") from exc
         self._local = threading.local()
         self._readers: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         try:
