@@ -291,3 +291,30 @@ def test_the_agent_example_resumes_in_a_second_process(tmp_path: Path) -> None:
     assert "process 2 (pid" in out and "pending tool call: get_weather" in out
     assert "waiting interrupt(s) for ['get_weather']" in out
     assert "final answer: It is 21 degrees and sunny in Paris." in out
+
+
+def test_a_saver_from_open_serves_async_calls_from_any_loop(tmp_path: Path) -> None:
+    """An adapter from open() owns its memory's loop: async calls from the caller's own
+    loops (one asyncio.run after another, as a notebook or a test does) run there, so the
+    memory's background work stays on that one loop and survives the callers' loops."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = SophiaCheckpointSaver.open(path=str(tmp_path / "m.db"))
+    try:
+        base: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+
+        async def step(i: int) -> tuple[int, list[int]]:
+            await saver.aput(base, empty_checkpoint(), {"step": i}, {})
+            listed = [t.metadata["step"] async for t in saver.alist(base)]  # type: ignore[typeddict-item]
+            found = await saver.aget_tuple(base)
+            assert found is not None
+            return found.metadata["step"], listed  # type: ignore[typeddict-item]
+
+        assert [asyncio.run(step(i)) for i in range(3)] == [(0, [0]), (1, [1, 0]),
+                                                          (2, [2, 1, 0])]
+        worker = saver._bridge.memory._core.promoter.worker
+        assert worker is not None and worker.get_loop() is saver._bridge.loop
+        assert not worker.done()  # still serving: no caller's closed loop took it down
+        assert saver.get_tuple(base).metadata["step"] == 2  # type: ignore[union-attr,typeddict-item]
+    finally:
+        saver.close()

@@ -13,17 +13,19 @@ same loop thread :class:`~sophia_memory.sync.SyncMemory` runs on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 from ..memory import Memory
 from ..sync import _LoopThread
 
-__all__ = ["Bridge", "name_for"]
+__all__ = ["Bridge", "name_for", "on_memory_loop", "on_memory_loop_iter"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Longest raw text used as a namespace name; longer (or unusable) text is hashed.
 _NAME_BYTES = 100
@@ -75,10 +77,29 @@ class Bridge:
     def owns_memory(self) -> bool:
         return self._thread is not None
 
-    def bind(self) -> None:
-        """Remember the running loop as the memory's (called by the async methods)."""
+    def here(self) -> bool:
+        """Whether the running loop is the memory's (the first async call, before any loop
+        is known, makes its loop the memory's)."""
+        running = asyncio.get_running_loop()
         if self.loop is None:
-            self.loop = asyncio.get_running_loop()
+            self.loop = running
+        return self.loop is running
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the memory's loop: here when the caller is on it, else handed to
+        it (an adapter from ``open()`` used from the caller's own loop) and awaited from
+        here. The memory's background work (promotion, spill) stays on its one loop."""
+        if self.here():
+            return await coro
+        loop = self.loop
+        assert loop is not None
+        if loop.is_closed() or not loop.is_running():
+            coro.close()
+            raise RuntimeError(
+                "the memory's event loop has stopped: an adapter built on a Memory serves the "
+                "loop that memory was opened on; use the adapter's open() for a memory of its "
+                "own that any loop and thread can call")
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the memory's loop and wait for its result (synchronous methods).
@@ -113,11 +134,40 @@ class Bridge:
             thread.stop()
 
 
-class ClosesBridge:
+class _HasBridge:
+    _bridge: Bridge
+
+
+def on_memory_loop(method: F) -> F:
+    """An adapter's async method, run on its memory's loop (:meth:`Bridge.call`)."""
+    @functools.wraps(method)
+    async def on_loop(self: _HasBridge, /, *args: Any, **kwargs: Any) -> Any:
+        return await self._bridge.call(method(self, *args, **kwargs))
+    return cast(F, on_loop)
+
+
+def on_memory_loop_iter(method: F) -> F:
+    """An adapter's async generator, run on its memory's loop: streamed when the caller is
+    on that loop, else collected there and then yielded here."""
+    @functools.wraps(method)
+    async def on_loop(self: _HasBridge, /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        bridge = self._bridge
+        if bridge.here():
+            async for item in method(self, *args, **kwargs):
+                yield item
+            return
+
+        async def collect() -> list[Any]:
+            return [item async for item in method(self, *args, **kwargs)]
+
+        for item in await bridge.call(collect()):
+            yield item
+    return cast(F, on_loop)
+
+
+class ClosesBridge(_HasBridge):
     """``close()`` and the ``with`` statement of the adapters: they close the memory and its
     loop thread when the adapter's own ``open()`` made them, and nothing otherwise."""
-
-    _bridge: Bridge
 
     def close(self) -> None:
         """Close the memory and its loop thread if :meth:`open` made them; else nothing."""

@@ -44,7 +44,7 @@ from ..cortex import CortexCache, CortexHit
 from ..errors import DecodeError, InvalidArgumentError, MissingDependencyError
 from ..memory import Memory
 from ..tiers import Tier
-from ._bridge import Bridge, ClosesBridge
+from ._bridge import Bridge, ClosesBridge, on_memory_loop, on_memory_loop_iter
 
 try:
     from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
@@ -215,10 +215,10 @@ class SophiaLLMCache(ClosesBridge, BaseCache):
     def _model(llm_string: str) -> str:
         return llm_string or "<no llm_string>"
 
+    @on_memory_loop
     async def alookup_hit(self, prompt: str, llm_string: str) -> CortexHit | None:
         """The cached answer and how it was found (``similarity``, ``semantic``), or None.
         Its ``value`` is the stored form; :meth:`alookup` returns the generations."""
-        self._bridge.bind()
         semantic = self.semantic and (self.allow_nondeterministic or not _samples(llm_string))
         return await self._cortex.lookup(self._model(llm_string), prompt, None, kind=_KIND,
                                          semantic=semantic)
@@ -228,15 +228,15 @@ class SophiaLLMCache(ClosesBridge, BaseCache):
         hit = await self.alookup_hit(prompt, llm_string)
         return None if hit is None else _decode(hit.value)
 
+    @on_memory_loop
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
         """Cache ``return_val`` for this prompt and ``llm_string`` (with ``ttl``)."""
-        self._bridge.bind()
         await self._cortex.store(self._model(llm_string), prompt, None, _encode(return_val),
                                  kind=_KIND)
 
+    @on_memory_loop
     async def aclear(self, **kwargs: Any) -> None:
         """Remove every entry of this cache's namespace."""
-        self._bridge.bind()
         keys = await self._view.keys(self.tier)
         for i in range(0, len(keys), _CHUNK):
             await self._view.delete_many(keys[i:i + _CHUNK])
@@ -288,9 +288,9 @@ class SophiaStore(ClosesBridge, BaseStore[str, Any]):
                      serde=serde)
         return store
 
+    @on_memory_loop
     async def amget(self, keys: Sequence[str]) -> list[Any | None]:
         """The values of ``keys`` in order, None for each missing one."""
-        self._bridge.bind()
         found = await self._view.get_many(keys)
         serde = self.serde
         if serde is None:
@@ -298,24 +298,24 @@ class SophiaStore(ClosesBridge, BaseStore[str, Any]):
         return [None if (v := found.get(k)) is None else serde.loads_typed((v[0], v[1]))
                 for k in keys]
 
+    @on_memory_loop
     async def amset(self, key_value_pairs: Sequence[tuple[str, Any]]) -> None:
         """Store the pairs (all validated before any is stored; one transaction on SQL)."""
-        self._bridge.bind()
         serde = self.serde
         items = ({k: v for k, v in key_value_pairs} if serde is None
                  else {k: list(serde.dumps_typed(v)) for k, v in key_value_pairs})
         if items:
             await self._view.put_many(items, tier=self.tier, ttl=self.ttl)
 
+    @on_memory_loop
     async def amdelete(self, keys: Sequence[str]) -> None:
         """Remove ``keys`` (missing ones are ignored)."""
-        self._bridge.bind()
         if keys:
             await self._view.delete_many(keys)
 
+    @on_memory_loop_iter
     async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
         """The keys of this store (in ``tier``), those starting with ``prefix`` if given."""
-        self._bridge.bind()
         for key in await self._view.keys(self.tier):
             if prefix is None or key.startswith(prefix):
                 yield key

@@ -62,7 +62,7 @@ from typing import Any
 from ..errors import MissingDependencyError
 from ..memory import Memory
 from ..tiers import Tier
-from ._bridge import Bridge, ClosesBridge, name_for
+from ._bridge import Bridge, ClosesBridge, name_for, on_memory_loop, on_memory_loop_iter
 
 try:
     from langchain_core.runnables import RunnableConfig
@@ -213,11 +213,11 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
 
     # -- writes ----------------------------------------------------------------------------------
 
+    @on_memory_loop
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions,
                    ) -> RunnableConfig:
         """Store ``checkpoint`` (with all its channel values) as the thread's latest."""
-        self._bridge.bind()
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         ns = conf.get("checkpoint_ns", "")
@@ -243,11 +243,11 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
         await self._index(thread_id, run_id)
         return _config(thread_id, ns, cid)
 
+    @on_memory_loop
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                           task_id: str, task_path: str = "") -> None:
         """Store a task's writes for the checkpoint ``config`` names. A regular write already
         stored for (task, index) is kept; special ones (error, interrupt, ...) replace."""
-        self._bridge.bind()
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         ns = conf.get("checkpoint_ns", "")
@@ -290,9 +290,9 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
 
     # -- reads -----------------------------------------------------------------------------------
 
+    @on_memory_loop
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names, or the thread's latest in its namespace."""
-        self._bridge.bind()
         conf = config["configurable"]
         thread_id = conf["thread_id"]
         ns = conf.get("checkpoint_ns", "")
@@ -311,6 +311,7 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
             writes = found.get(writes_key, ())
         return None if row is None else self._tuple(thread_id, row, writes)
 
+    @on_memory_loop_iter
     async def alist(self, config: RunnableConfig | None, *,
                     filter: dict[str, Any] | None = None,
                     before: RunnableConfig | None = None,
@@ -318,7 +319,6 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
         """Checkpoints newest first: of ``config``'s thread (and namespace, when it names one;
         and only its checkpoint, when it names one), or of every thread for None; whose
         metadata has every ``filter`` item; older than ``before``; at most ``limit``."""
-        self._bridge.bind()
         if limit is not None and limit <= 0:
             return
         if config is None:
@@ -379,9 +379,9 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
 
     # -- maintenance -----------------------------------------------------------------------------
 
+    @on_memory_loop
     async def adelete_thread(self, thread_id: str) -> None:
         """Remove every checkpoint and write of ``thread_id`` (all namespaces)."""
-        self._bridge.bind()
         view = self._thread(thread_id)
         keys = await view.keys(self.tier)
         for i in range(0, len(keys), _CHUNK):
@@ -389,9 +389,9 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
         await self._threads.delete(name_for("t", str(thread_id)))
         self._indexed_threads.discard(str(thread_id))
 
+    @on_memory_loop
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, write and head of one thread into another (same ids)."""
-        self._bridge.bind()
         source, target = self._thread(source_thread_id), self._thread(target_thread_id)
         keys = await source.keys(self.tier)
         if not keys:
@@ -407,11 +407,11 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
         for run_id in sorted(runs):
             await self._index(target_thread_id, run_id)
 
+    @on_memory_loop
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest``: keep only the latest checkpoint (and its writes) of each namespace
         of each thread; ``delete``: remove the threads. Rows are self-contained, so the kept
         checkpoint needs none of the removed ones."""
-        self._bridge.bind()
         if strategy not in _STRATEGIES:
             raise ValueError(f"unknown prune strategy {strategy!r}; use one of {_STRATEGIES}")
         for thread_id in thread_ids:
@@ -432,11 +432,11 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
             for i in range(0, len(doomed), _CHUNK):
                 await view.delete_many(doomed[i:i + _CHUNK])
 
+    @on_memory_loop
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Remove the checkpoints (and their writes) whose metadata names one of ``run_ids``,
         in every thread and namespace. A head left pointing at a removed checkpoint moves to
         the newest remaining one of its namespace."""
-        self._bridge.bind()
         for run in run_ids:
             run_id = str(run)
             runs = self._root.namespace(name_for("r", run_id))
