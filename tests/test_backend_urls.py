@@ -149,3 +149,31 @@ async def test_redis_driver_options_reach_the_client_and_ours_do_not() -> None:
         assert backend.stats()["tracking"] is False
     finally:
         await backend.close()  # lazy client: nothing was connected
+
+
+def test_a_malformed_url_or_a_config_shows_no_password() -> None:
+    """Errors about URLs that do not parse, and the repr of a configuration (logged by
+    users, kept by error trackers), mask the password, the query and the signing key."""
+    for url in ("redis//alice:S3cretPW@127.0.0.1:6379/0",
+                "re dis://alice:S3cretPW@127.0.0.1:6379/0",
+                "redis://alice:S3cr/et?PW@127.0.0.1:6379/0",
+                "redis://alice:S3cretPW@127.0.0.1:notaport/0"):
+        with pytest.raises(ConfigError) as err:
+            open_backend(url, Tier.SESSION, MemoryConfig())
+        assert "S3cr" not in str(err.value) and "alice:***@" in str(err.value), url
+    config = MemoryConfig.build(None, environ={}, codec="pickle",
+                                signing_key=b"0123456789abcdefSECRETKEY", tiers={
+                                    Tier.SESSION: "redis://alice:S3cretPW@h:1/0?password=Q"})
+    shown = repr(config)
+    assert "S3cret" not in shown and "SECRETKEY" not in shown and "password=Q" not in shown
+    assert "'redis://alice:***@h:1/0?...'" in shown and "signing_key='***'" in shown
+    with pytest.raises(ConfigError) as err:
+        MemoryConfig.build(None, environ={}, signing_key=["TOPSECRETKEY123"])
+    assert "TOPSECRET" not in str(err.value) and "got list" in str(err.value)
+
+
+def test_an_empty_redis_prefix_is_refused() -> None:
+    """With prefix='' the tier's keys, and what clear() removes, would be the whole
+    database's, other applications' included."""
+    with pytest.raises(ConfigError, match="option prefix=''"):
+        open_backend("redis://127.0.0.1:6379/0?prefix=", Tier.SESSION, MemoryConfig())

@@ -136,3 +136,25 @@ def test_in_process_tiers_are_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "Tier.SESSION is in this process" in capsys.readouterr().err
     assert main(["clear", "--tier", "GPU"]) == 1
     assert "Tier.GPU is in this process" in capsys.readouterr().err
+
+
+def test_lines_end_at_newlines_only_and_an_empty_namespace_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A JSON string may hold U+2028 or U+0085 raw (json.dumps(ensure_ascii=False)): the
+    line stays whole and later lines keep their numbers; --namespace "" is refused as
+    clear refuses it, not taken for the root."""
+    db = tmp_path / "m.db"
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(db))
+    src = tmp_path / "items.jsonl"
+    lines = [json.dumps({"key": "a", "value": "x\u2028y\x85z"}, ensure_ascii=False),
+             json.dumps({"key": "b", "value": 1}), "not json"]
+    src.write_text("\r\n".join(lines[:2]) + "\n", encoding="utf-8")
+    assert main(["load", str(src), "--tier", "PERSISTENT"]) == 0
+    assert _read(db, ["a", "b"]) == {"a": "x\u2028y\x85z", "b": 1}
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["load", str(src), "--tier", "PERSISTENT"]) == 1
+    assert "items.jsonl:3: not JSON" in capsys.readouterr().err
+    src.write_text(lines[1] + "\n")
+    assert main(["load", str(src), "--tier", "PERSISTENT", "--namespace", ""]) == 1
+    assert "invalid namespace name ''" in capsys.readouterr().err

@@ -104,3 +104,22 @@ async def test_a_failing_tier_shows_errors_and_an_open_breaker(tmp_path: Path,
                      direction="read") == 1
         assert value(samples, "sophia_memory_breaker_open", tier="PERSISTENT",
                      direction="write") == 0  # reads failed, writes did not
+
+
+async def test_a_second_register_into_one_registry_is_refused(tmp_path: Path,
+                                                            clock: ManualClock) -> None:
+    """Series of two collectors in one registry would repeat each other (no label tells
+    memories apart): the second register raises, and a registry of its own works."""
+    registry = CollectorRegistry()
+    async with Memory.open(path=str(tmp_path / "a.db"), clock=clock) as one, \
+            Memory.open(path=str(tmp_path / "b.db"), clock=clock) as two:
+        register(one, registry)
+        for mem in (one, two):
+            with pytest.raises(ValueError, match="Duplicated timeseries"):
+                register(mem, registry)
+        await one.put("k", 1)
+        assert value(scrape(registry), "sophia_memory_operations_total", tier="SESSION",
+                     operation="put", outcome="ok") == 1.0
+        other = CollectorRegistry()
+        register(two, other)
+        assert scrape(other)

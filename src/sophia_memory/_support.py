@@ -30,7 +30,7 @@ from .errors import (
 
 __all__ = ["MAX_TTL", "META_COLUMNS", "CircuitBreaker", "Deadlines", "Fault", "TierStats",
            "canonical_hash", "check_meta", "check_search", "fault_of", "library_error",
-           "ttl_seconds"]
+           "scrubbed", "ttl_seconds"]
 
 
 class TierStats:
@@ -422,3 +422,17 @@ def library_error(exc: BaseException, context: str) -> SophiaMemoryError:
     if fault == "write":
         return WriteRefusedError(text)
     return BackendError(text)
+
+
+def scrubbed(url: str, query: bool = True) -> str:
+    """``url`` safe to show, whether or not it parses: the text between ``//`` and the last
+    ``@`` is the user and a masked password (``user:***@``, or ``***@``), and the query is
+    ``?...`` (left out with ``query=False``): a password with an unencoded ``/``, ``#``, ``?``
+    or ``@`` is masked too."""
+    start = url.find("//") + 2 if "//" in url else 0
+    at = url.rfind("@")
+    if at >= start:
+        user, colon, _ = url[start:at].partition(":")
+        url = f"{url[:start]}{user.split('/')[0] if colon else ''}{colon}***{url[at:]}"
+    head, mark, _ = url.partition("?")
+    return head + ("?..." if mark and query else "")

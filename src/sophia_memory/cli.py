@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._support import ttl_seconds
+from ._support import scrubbed, ttl_seconds
 from .backends import parse_url
+from .codecs import codec_from_name
 from .config import MemoryConfig
 from .doctor import check_tiers, outside_view
 from .engine import InProcessTier
@@ -215,6 +217,7 @@ def _doctor(read_only: bool = False) -> int:
         print(f"\nGPU: none usable - {gpu.reason}; L0 runs on host-memory pools")
     try:
         config = MemoryConfig.build()
+        codec_from_name(config.codec, config.signing_key)  # e.g. a signing key too short
     except SophiaMemoryError as exc:
         print(f"\nconfiguration: INVALID - {exc}")
         return 1
@@ -292,9 +295,13 @@ def _stats(source: str | None, as_json: bool) -> int:
         raise MissingDependencyError("prometheus-client", "metrics",
                                      "stats --from") from None
     text = _fetch(source)
-    tiers = live_view(text)
+    try:
+        tiers = live_view(text)
+    except ValueError as exc:  # prometheus_client's parser, on a page that is not metrics
+        raise SophiaMemoryError(f"{scrubbed(source)} is not Prometheus metrics text: "
+                                f"{exc}") from None
     if not tiers:
-        print(f"error: no sophia_memory metrics at {source}", file=sys.stderr)
+        print(f"error: no sophia_memory metrics at {scrubbed(source)}", file=sys.stderr)
         return 1
     if as_json:
         print(json.dumps(tiers, indent=2))
@@ -323,7 +330,8 @@ def _fetch(source: str) -> str:
             with urllib.request.urlopen(source, timeout=5) as reply:  # http(s) only, above
                 return str(reply.read().decode())
         except OSError as exc:
-            raise SophiaMemoryError(f"cannot read metrics from {source}: {exc}") from None
+            raise SophiaMemoryError(f"cannot read metrics from {scrubbed(source)}: "
+                                    f"{exc}") from None
     try:
         return Path(source).read_text()
     except OSError as exc:
@@ -334,14 +342,27 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _report_dir(report: Path | None) -> Path | None:
+    """``report``, made if needed: a directory that cannot be is refused before the run."""
+    if report is not None:
+        try:
+            report.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SophiaMemoryError(f"cannot write the report to {report}: "
+                                    f"{exc.strerror or exc}") from None
+    return report
+
+
 async def _bench(n: int, report: Path | None = None) -> int:
     async with Memory.open(promote=False) as mem:
         print(f"per-tier latency of the configured memory, {n} operations each:")
-        rows = await measure_tiers(mem, n, _progress)
+        # A namespace of its own: the run never touches (or removes) the memory's own keys.
+        scratch = mem.namespace(f"sophia-bench-{uuid.uuid4().hex[:12]}")
+        try:
+            rows = await measure_tiers(scratch, n, _progress)
+        finally:
+            await scratch.clear()
         print_tier_table(rows)
-        for row in rows:
-            if "get_p50" in row:
-                await mem.delete_many([f"demo:{row['tier'].name.lower()}:{i}" for i in range(n)])
     if report is not None:
         written = write_bench_report(rows, n, report)
         print("report: " + ", ".join(str(p) for p in written))
@@ -412,7 +433,9 @@ def _read_items(source: str) -> dict[str, tuple[int, Any, float | None]]:
     except OSError as exc:
         raise SophiaMemoryError(f"cannot read {source}: {exc}") from None
     items: dict[str, tuple[int, Any, float | None]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at \n only (JSON Lines): str.splitlines would also split at U+2028, U+0085
+    # and the like, which JSON strings may hold raw.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -422,7 +445,7 @@ def _read_items(source: str) -> dict[str, tuple[int, Any, float | None]]:
         if (type(obj) is not dict or not {"key", "value"} <= obj.keys()
                 or not obj.keys() <= {"key", "value", "ttl"}):
             raise SophiaMemoryError(f'{source}:{number}: expected {{"key": ..., "value": ..., '
-                                    '"ttl": ...}} (ttl optional)')
+                                    '"ttl": ...} (ttl optional)')
         if type(obj["key"]) is not str:
             raise SophiaMemoryError(f"{source}:{number}: the key must be a string")
         try:
@@ -440,7 +463,7 @@ async def _load(source: str, items: dict[str, tuple[int, Any, float | None]],
     progress on stderr. Every key and value is checked before the first batch is written,
     and a tier that lives in this process (gone when the command exits) is refused."""
     async with Memory.open() as root:
-        mem = root.namespace(namespace) if namespace else root
+        mem = root.namespace(namespace) if namespace is not None else root
         core = mem._core
         slot = core.slot(mem._tier(tier))
         if isinstance(slot, InProcessTier):
@@ -541,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             return _doctor(args.read_only)
         if args.command == "stats":
             return _stats(args.source, args.json)
-        return asyncio.run(_bench(args.n, args.report))
+        return asyncio.run(_bench(args.n, _report_dir(args.report)))
     except SophiaMemoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

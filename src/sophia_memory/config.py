@@ -134,6 +134,21 @@ class MemoryConfig:
     spill_max_items: int = 10_000
     spill_max_bytes: int = 256 * 2**20
 
+    def __repr__(self) -> str:
+        """The fields, with each URL shown without its password and query and the signing
+        key as ``***``: safe to log."""
+        from ._support import scrubbed
+
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "tiers":
+                value = {t: u if u is None else scrubbed(u) for t, u in value.items()}
+            elif f.name == "signing_key" and value is not None:
+                value = "***"
+            shown.append(f"{f.name}={value!r}")
+        return f"MemoryConfig({', '.join(shown)})"
+
     def resolved_path(self) -> Path:
         return Path(self.path).expanduser() if self.path else default_path()
 
@@ -210,10 +225,9 @@ class MemoryConfig:
         """Raise ConfigError for any field of the wrong type or out of range."""
         for name, kinds in _FIELD_TYPES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) and bool not in kinds:
-                raise ConfigError(f"{name} must be {_kind_names(kinds)}, got {value!r}")
-            if not isinstance(value, kinds):
-                raise ConfigError(f"{name} must be {_kind_names(kinds)}, got {value!r}")
+            if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+                shown = type(value).__qualname__ if name == "signing_key" else repr(value)
+                raise ConfigError(f"{name} must be {_kind_names(kinds)}, got {shown}")
         if self.max_key_bytes < 1:
             raise ConfigError("max_key_bytes must be at least 1")
         if self.max_value_bytes < 1:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ._support import scrubbed
 from .backends import Backend, ObjectStore, open_backend, parse_url
 from .codecs import codec_from_name
 from .config import MemoryConfig
@@ -74,7 +75,7 @@ async def _check(tier: Tier, url: str, config: MemoryConfig, read_only: bool,
         shown = parse_url(url).redacted()
         file = _sqlite_file(url, config)
     except Exception as exc:
-        return TierCheck(tier, url.split("?", 1)[0], False, f"invalid URL: {exc}",
+        return TierCheck(tier, scrubbed(url, query=False), False, f"invalid URL: {exc}",
                          fix=f"correct SOPHIA_MEMORY_{tier.name}_URL or the [tiers] table")
     if file is not None and not file.exists():
         return _not_created(tier, shown, file)
@@ -200,7 +201,7 @@ def outside_view(config: MemoryConfig) -> list[TierView]:
             parsed = parse_url(url)
             file = _sqlite_file(url, config)
         except Exception as exc:
-            views.append(TierView(tier, url.split("?", 1)[0], f"invalid URL: {exc}"))
+            views.append(TierView(tier, scrubbed(url, query=False), f"invalid URL: {exc}"))
             continue
         shown = parsed.redacted()
         if file is None:

@@ -91,20 +91,17 @@ class MemoryCollector(Collector):
                 st.latencies = _CountingWindow(st.latencies, budget_buckets(slot.tier))
 
     def describe(self) -> Iterable[Any]:
-        return []  # collected lazily: the tiers are known only at scrape time
+        """The families without samples: their names let the registry refuse a second
+        collector of the same metrics (a second ``register`` of this or another memory)."""
+        counters, latency = _families()
+        return [*counters, latency]
 
     def collect(self) -> Iterator[Any]:
         readings = read(self.mem)
-        families: list[Any] = []
-        for metric in METRICS:
-            family = (CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily)(
-                f"sophia_memory_{metric.name}", metric.help, labels=list(metric.labels))
+        families, latency = _families()
+        for metric, family in zip(METRICS, families, strict=True):
             for labels, value in readings[metric.name]:
                 family.add_metric(list(labels), value)
-            families.append(family)
-        latency = HistogramMetricFamily("sophia_memory_latency_seconds",
-                                        "Call latency per tier (buckets: fractions of the "
-                                        "tier's budget)", labels=["tier"])
         for slot in self.mem._core.slots:
             window = slot.stats.latencies
             if isinstance(window, _CountingWindow):
@@ -119,9 +116,22 @@ class MemoryCollector(Collector):
         yield from families
 
 
+def _families() -> tuple[list[Any], Any]:
+    """Empty metric families: one per entry of :data:`METRICS`, and the latency histogram."""
+    families = [(CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily)(
+        f"sophia_memory_{metric.name}", metric.help, labels=list(metric.labels))
+        for metric in METRICS]
+    latency = HistogramMetricFamily("sophia_memory_latency_seconds",
+                                    "Call latency per tier (buckets: fractions of the "
+                                    "tier's budget)", labels=["tier"])
+    return families, latency
+
+
 def register(mem: Memory, registry: CollectorRegistry | None = None) -> MemoryCollector:
     """Expose ``mem``'s metrics in ``registry`` (default: prometheus_client's global one).
-    Returns the collector (``registry.unregister(collector)`` removes it)."""
+    Returns the collector (``registry.unregister(collector)`` removes it). One memory per
+    registry: a second ``register`` into the same registry raises ValueError (its series
+    would repeat the first one's); give another memory a registry of its own."""
     collector = MemoryCollector(mem)
     (REGISTRY if registry is None else registry).register(collector)
     return collector

@@ -15,9 +15,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._support import scrubbed
 from ..errors import ConfigError
 
-__all__ = ["BackendURL", "parse_url"]
+__all__ = ["BackendURL", "parse_url", "scrubbed"]
 
 
 @dataclass
@@ -114,18 +115,16 @@ class BackendURL:
 
     def redacted(self) -> str:
         """The URL without its query and with any password replaced, safe for logs and
-        errors."""
-        if "@" in self.netloc:
-            creds, host = self.netloc.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            return f"{self.scheme}://{user}:***@{host}{self.path}"
-        return f"{self.scheme}://{self.netloc}{self.path}"
+        errors (:func:`scrubbed`)."""
+        return scrubbed(self.raw, query=False)
 
 
 def parse_url(url: str) -> BackendURL:
     """Split a backend URL; ConfigError when it is not one."""
-    if not isinstance(url, str) or "://" not in url:
+    if not isinstance(url, str):
         raise ConfigError(f"malformed backend URL {url!r}: expected scheme://...")
+    if "://" not in url:
+        raise ConfigError(f"malformed backend URL {scrubbed(url)!r}: expected scheme://...")
     try:
         parts = urlsplit(url)
         pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
@@ -136,6 +135,14 @@ def parse_url(url: str) -> BackendURL:
         names = [name for name, _ in pairs]
         twice = next(name for name in names if names.count(name) > 1)
         raise ConfigError(f"{parts.scheme}:// URL gives option {twice!r} more than once")
+    if "," not in parts.netloc:  # one host (a cluster's list is checked by its backend)
+        try:
+            parts.port  # noqa: B018 - read for its check
+        except ValueError:
+            raise ConfigError(f"malformed backend URL {scrubbed(url)!r}: the port is not a "
+                              "number from 0 to 65535 (a password must percent-encode '/', "
+                              "'?', '#' and '@')") from None
     if not re.fullmatch(r"[a-z][a-z0-9+.\-]*", parts.scheme.lower()):
-        raise ConfigError(f"malformed backend URL {url!r}: missing or invalid scheme")
+        raise ConfigError(f"malformed backend URL {scrubbed(url)!r}: missing or invalid "
+                          "scheme")
     return BackendURL(url, parts.scheme.lower(), parts.netloc, unquote(parts.path), options)

@@ -63,6 +63,10 @@ def open_redis(url: BackendURL, tier: Tier, config: MemoryConfig) -> Backend:
             raise ConfigError(f"{url.redacted()}: option {name}={value!r}: takes {kind}") \
                 from None
     prefix = url.text("prefix", "sm:")
+    if not prefix:
+        raise ConfigError(f"{url.redacted()}: option prefix='': the tier's keys (and what "
+                          "clear() removes) would be every key of the database; give a "
+                          "prefix of this memory's own (default sm:)")
     timeout = url.seconds("timeout", config.call_timeout)
     tracking = url.flag("tracking", True)
     wire = url.flag("wire", False) if "wire" in url.options else None
