@@ -148,6 +148,28 @@ async def test_a_chat_model_reads_through_the_cache(tmp_path: Path) -> None:
         assert (await model.ainvoke("hello")).content == "first"  # the model again (cycles)
 
 
+async def test_an_answer_the_memory_cannot_store_is_returned_not_cached(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Metadata holding a datetime: the model's answer reaches the caller (the call was
+    paid for) and is not cached, with a warning, as LangChain's SQLiteCache does."""
+    import datetime
+
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    def answers() -> Iterator[AIMessage]:
+        while True:
+            yield AIMessage(content="Paris",
+                            response_metadata={"created": datetime.datetime(2024, 1, 1)})
+
+    async with Memory.open(path=str(tmp_path / "m.db")) as mem:
+        cache = SophiaLLMCache(mem)
+        model = GenericFakeChatModel(messages=answers(), cache=cache)
+        with caplog.at_level("WARNING", logger="sophia_memory.integrations.langchain"):
+            assert (await model.ainvoke("capital?")).content == "Paris"
+        assert "LLM answer not cached: cannot store a value of type datetime" in caplog.text
+        assert await mem.namespace("langchain-llm").keys(Tier.CORTEX) == []
+
+
 async def test_every_generation_kind_round_trips_without_pickle(tmp_path: Path) -> None:
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk, GenerationChunk

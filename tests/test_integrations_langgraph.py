@@ -318,3 +318,16 @@ def test_a_saver_from_open_serves_async_calls_from_any_loop(tmp_path: Path) -> N
         assert saver.get_tuple(base).metadata["step"] == 2  # type: ignore[union-attr,typeddict-item]
     finally:
         saver.close()
+
+
+async def test_a_filter_on_none_matches_a_missing_metadata_key(mem: Memory) -> None:
+    """As in LangGraph's InMemorySaver and SqliteSaver: {"k": None} matches a checkpoint
+    whose metadata has no "k" (or "k": None), not one whose "k" holds a value."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = SophiaCheckpointSaver(mem)
+    base: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    for metadata in ({"n": 1}, {"n": 2, "k": None}, {"n": 3, "k": "v"}):
+        await saver.aput(base, empty_checkpoint(), metadata, {})  # type: ignore[arg-type]
+    found = [t.metadata["n"] async for t in saver.alist(None, filter={"k": None})]  # type: ignore[typeddict-item]
+    assert sorted(found) == [1, 2]

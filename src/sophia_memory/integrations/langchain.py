@@ -35,13 +35,20 @@ thread for synchronous code.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..cortex import CortexCache, CortexHit
-from ..errors import DecodeError, InvalidArgumentError, MissingDependencyError
+from ..errors import (
+    DecodeError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    UnsupportedValueError,
+    ValueTooLargeError,
+)
 from ..memory import Memory
 from ..tiers import Tier
 from ._bridge import Bridge, ClosesBridge, on_memory_loop, on_memory_loop_iter
@@ -62,6 +69,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
                                  "sophia_memory.integrations.langchain") from exc
 
 __all__ = ["SophiaLLMCache", "SophiaStore"]
+
+log = logging.getLogger("sophia_memory.integrations.langchain")
 
 _KIND = "langchain"
 _TEMPERATURE = re.compile(r"""["']temperature["']\s*[:,]\s*([-+0-9.eE]+)""")
@@ -230,9 +239,15 @@ class SophiaLLMCache(ClosesBridge, BaseCache):
 
     @on_memory_loop
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        """Cache ``return_val`` for this prompt and ``llm_string`` (with ``ttl``)."""
-        await self._cortex.store(self._model(llm_string), prompt, None, _encode(return_val),
-                                 kind=_KIND)
+        """Cache ``return_val`` for this prompt and ``llm_string`` (with ``ttl``). An answer
+        the memory cannot store (metadata holding a ``datetime``, say, or one over
+        ``max_value_bytes``) is not cached, with a warning: the model call that produced it
+        still returns it."""
+        try:
+            await self._cortex.store(self._model(llm_string), prompt, None,
+                                     _encode(return_val), kind=_KIND)
+        except (UnsupportedValueError, ValueTooLargeError) as exc:
+            log.warning("LLM answer not cached: %s", exc)
 
     @on_memory_loop
     async def aclear(self, **kwargs: Any) -> None:

@@ -373,7 +373,8 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
                     continue  # deleted meanwhile
                 if meta_filter:
                     meta = loads(tuple(row["md"]))
-                    if any(meta.get(k, _MISSING) != v for k, v in meta_filter.items()):
+                    # a missing key reads as None, as in LangGraph's own savers
+                    if any(meta.get(k) != v for k, v in meta_filter.items()):
                         continue
                 yield self._tuple(thread_id, row, found.get("w" + key[1:], ()))
 
@@ -523,7 +524,3 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
         else:
             number = int(str(current).split(".")[0])
         return f"{number + 1:032}.{random.random():016}"
-
-
-_MISSING: Any = object()
-
