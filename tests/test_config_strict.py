@@ -23,6 +23,24 @@ def test_a_misspelt_variable_names_the_closest_spelling(typo: str, meant: str) -
     assert f"did you mean {meant}?" in str(info.value)
 
 
+def test_a_variable_in_the_wrong_case_names_its_upper_case_spelling() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean SOPHIA_MEMORY_SESSION_URL\?"):
+        MemoryConfig.build(environ={"SOPHIA_MEMORY_session_url": "memory://"})
+
+
+def test_a_misspelt_toml_key_or_option_names_the_closest_field(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('pathh = "x"\nsigning_kye = "y"\nzzzzzz = 1\n')
+    with pytest.raises(ConfigError) as info:
+        MemoryConfig.build(environ={"SOPHIA_MEMORY_CONFIG": str(toml)})
+    assert str(info.value) == ("unknown configuration key(s): pathh (did you mean path?), "
+                               "signing_kye (did you mean signing_key?), zzzzzz")
+    assert "y" not in str(info.value).split("signing_kye")[1].split("(")[0]  # no value shown
+    with pytest.raises(ConfigError, match=r"^unknown option\(s\): session_max_itmes \(did you "
+                                          r"mean session_max_items\?\)$"):
+        MemoryConfig.build(environ={}, session_max_itmes=5)
+
+
 def test_an_unrelated_unknown_variable_lists_the_valid_ones() -> None:
     with pytest.raises(ConfigError) as info:
         check_environment({"SOPHIA_MEMORY_ZZZZZZZZZZZZZZZZZZ": "1"})

@@ -60,9 +60,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
     if not unknown:
         return
     name = unknown[0]
-    close = difflib.get_close_matches(name, sorted(ENV_VARIABLES), n=1, cutoff=0.6)
+    valid = sorted(ENV_VARIABLES)
+    close = [v for v in valid if v == name.upper()] or \
+        difflib.get_close_matches(name.upper(), valid, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}?" if close else \
-        f"the variables read are {', '.join(sorted(ENV_VARIABLES))}"
+        f"the variables read are {', '.join(valid)}"
     more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
     raise ConfigError(f"unknown environment variable {name}{more}: {hint}")
 
@@ -189,7 +191,7 @@ class MemoryConfig:
         tiers.update(overrides.pop("tiers", None) or {})
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown option(s): {_with_hints(unknown)}")
         # None is "not given", except for the fields where it is a value that is not the
         # default (session_max_items=None: no item bound; workflow_retain=None: keep all).
         data.update({k: v for k, v in overrides.items() if v is not None or k in _NONE_IS_VALUE})
@@ -216,7 +218,7 @@ class MemoryConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown configuration key(s): {_with_hints(unknown)}")
         config = cls(**data)
         config.validate()
         return config
@@ -256,6 +258,16 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 
 #: Fields where None, passed as an option, is a value (not the default), not "not given".
 _NONE_IS_VALUE = frozenset({"workflow_retain", "session_max_items", "session_max_bytes"})
+
+
+def _with_hints(unknown: set[str]) -> str:
+    """The unknown names, each with the closest field name where one is close."""
+    fields = [f.name for f in dataclasses.fields(MemoryConfig)]
+    shown = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(str(name).lower(), fields, n=1, cutoff=0.6)
+        shown.append(f"{name} (did you mean {close[0]}?)" if close else str(name))
+    return ", ".join(shown)
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:
