@@ -89,3 +89,22 @@ def test_bench_shows_progress_and_writes_a_report(tmp_path: Path,
         assert "no plot" in report
     else:
         assert (tmp_path / "r" / "bench_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stats_fails_on_an_invalid_url_or_an_unreadable_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What it can show it shows, and the exit status is 1 when a tier's URL is invalid or
+    its database cannot be read (a corrupt file), as doctor's would be."""
+    monkeypatch.setenv("SOPHIA_MEMORY_PERSISTENT_URL", "sqlte:///x.db")  # no such scheme
+    assert main(["stats"]) == 1
+    assert "invalid URL: no backend for URL scheme 'sqlte'" in capsys.readouterr().out
+    monkeypatch.delenv("SOPHIA_MEMORY_PERSISTENT_URL")
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database at all" * 100)
+    monkeypatch.setenv("SOPHIA_MEMORY_PATH", str(corrupt))
+    assert main(["stats", "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["ok"] for r in rows if r["tier"] == "PERSISTENT"] == [False]
+    monkeypatch.delenv("SOPHIA_MEMORY_PATH")
+    assert main(["stats"]) == 0

@@ -279,16 +279,17 @@ def _stats(source: str | None, as_json: bool) -> int:
     file of its scraped text): its live counters per tier."""
     if source is None:
         views = outside_view(MemoryConfig.build())
+        status = 0 if all(v.ok for v in views) else 1  # an invalid URL or unreadable file
         if as_json:
-            print(json.dumps([{"tier": v.tier.name, "backend": v.backend, "held": v.held}
-                              for v in views], indent=2))
-            return 0
+            print(json.dumps([{"tier": v.tier.name, "backend": v.backend, "held": v.held,
+                               "ok": v.ok} for v in views], indent=2))
+            return status
         print("what can be seen from outside a running process (live counters: "
               "stats --from <metrics address>):")
         for v in views:
             print(f"  L{v.tier.value} {v.tier.name:<11} {v.held}")
             print(f"  {'':<15}{v.backend}")
-        return 0
+        return status
     try:
         from .doctor import live_view
     except ImportError:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ._support import scrubbed
-from .backends import Backend, ObjectStore, open_backend, parse_url
+from .backends import Backend, ObjectStore, _lookup, open_backend, parse_url
 from .codecs import codec_from_name
 from .config import MemoryConfig
 from .tiers import Record, Tier
@@ -187,6 +187,11 @@ class TierView:
     backend: str
     held: str  #: rows and file size, or why nothing can be seen from here
 
+    @property
+    def ok(self) -> bool:
+        """False when the tier's URL is invalid or its database cannot be read."""
+        return not self.held.startswith(("invalid URL: ", "cannot read "))
+
 
 def outside_view(config: MemoryConfig) -> list[TierView]:
     """Each enabled tier as seen from a fresh process, creating and writing nothing: rows per
@@ -199,6 +204,7 @@ def outside_view(config: MemoryConfig) -> list[TierView]:
             continue
         try:
             parsed = parse_url(url)
+            _lookup(parsed.scheme)  # a scheme no backend serves (a typo) is invalid here too
             file = _sqlite_file(url, config)
         except Exception as exc:
             views.append(TierView(tier, scrubbed(url, query=False), f"invalid URL: {exc}"))
