@@ -143,3 +143,29 @@ async def test_redis_killed_and_restarted_under_a_thousand_callers(
         assert stats["breaker"] == "closed" and stats["backend_stats"]["pipeline"][
             "connections"] <= 2  # the shared ones, whatever the number of callers
         assert await mem.get("s7") == 7 and await mem.get("probe") == 1
+
+
+async def test_closing_does_not_hang_on_a_cancel_the_tracking_task_swallowed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel that lands as the tracking link's read timeout expires can be taken for the
+    timeout and lost (asyncio.timeout, Python 3.11): a CI run hung for minutes in close on
+    it. stop() repeats the cancel until the task has ended."""
+    pytest.importorskip("redis")
+    from sophia_memory.backends.redis import _tracker
+
+    monkeypatch.setattr(_tracker, "_STOP_WAIT", 0.01)
+    swallowed = []
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.append(1)  # as the race does: the cancel is gone
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        await asyncio.Event().wait()
+
+    tracker = _tracker.Tracker(lambda: None, "p:", lambda keys: None, (), ())
+    tracker.task = asyncio.get_running_loop().create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(tracker.stop(), timeout=10)
+    assert tracker.task.done() and swallowed == [1]

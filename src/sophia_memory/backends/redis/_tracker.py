@@ -21,6 +21,7 @@ _CHANNEL = "__redis__:invalidate"
 _RETRY_MIN, _RETRY_MAX = 0.05, 2.0  # seconds between attempts to re-open the tracking link
 _HEALTH = 5.0  # seconds: an idle tracking link is pinged this often
 _PING = "sophia-memory"
+_STOP_WAIT = 1.0  # seconds: how long stop() waits for a cancel to take before repeating it
 
 
 class Tracker:
@@ -54,8 +55,11 @@ class Tracker:
                 await self._subscribe(pubsub)
                 delay = _RETRY_MIN
                 heard = time.monotonic()
+                me = asyncio.current_task()
                 while True:
                     msg = await pubsub.get_message(timeout=_HEALTH)
+                    if me is not None and me.cancelling():
+                        raise asyncio.CancelledError  # a cancel the timeout swallowed
                     if msg is None:
                         # Silence: ask for a sign of life; a link that gives none is dead
                         # even if its socket is still open (a partition, a lost primary).
@@ -116,7 +120,14 @@ class Tracker:
             self.listener(keys)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        task = self.task
+        if task is None:
+            return
+        # A cancel that lands as get_message's own timeout expires can be taken for that
+        # timeout and lost (asyncio.timeout on Python 3.11): the task then waits on, and
+        # close would hang. So the cancel is repeated until the task has ended.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=_STOP_WAIT)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
