@@ -331,3 +331,20 @@ async def test_a_filter_on_none_matches_a_missing_metadata_key(mem: Memory) -> N
         await saver.aput(base, empty_checkpoint(), metadata, {})  # type: ignore[arg-type]
     found = [t.metadata["n"] async for t in saver.alist(None, filter={"k": None})]  # type: ignore[typeddict-item]
     assert sorted(found) == [1, 2]
+
+
+async def test_putting_the_head_again_keeps_its_pending_writes(mem: Memory) -> None:
+    """As InMemorySaver: the same checkpoint put again (same id) keeps the writes stored for
+    it, read as the latest and by id."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = SophiaCheckpointSaver(mem)
+    base: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    checkpoint = empty_checkpoint()
+    stored = await saver.aput(base, checkpoint, {"v": 1}, {})  # type: ignore[arg-type]
+    await saver.aput_writes(stored, [("x", 1)], "task")
+    await saver.aput(base, checkpoint, {"v": 2}, {})  # type: ignore[arg-type]
+    latest, by_id = await saver.aget_tuple(base), await saver.aget_tuple(stored)
+    assert latest is not None and by_id is not None
+    assert latest.pending_writes == by_id.pending_writes == [("task", "x", 1)]
+    assert latest.metadata["v"] == 2  # type: ignore[typeddict-item]

@@ -154,6 +154,9 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
         #: ``aput_writes`` concurrently with the ``aput`` of the checkpoint they belong to, so
         #: they may come first; the ``aput`` then starts the head with them.
         self._early: OrderedDict[tuple[str, str, str], list[list[Any]]] = OrderedDict()
+        #: The head each (thread, namespace) was last given here: an ``aput`` of the same
+        #: checkpoint again keeps the writes stored for it (read back only then).
+        self._heads: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._indexed_threads: set[str] = set()
         self._indexed_runs: set[tuple[str, str]] = set()
 
@@ -236,10 +239,20 @@ class SophiaCheckpointSaver(ClosesBridge, BaseCheckpointSaver[str]):
                "cp": list(dumps(stored)), "md": list(dumps(meta))}
         view = self._thread(thread_id)
         async with self._lock(thread_id, ns):
-            early = self._early.pop((thread_id, ns, cid), [])
+            early = self._early.pop((thread_id, ns, cid), None)
+            if early is None:
+                early = []
+                if self._heads.get((thread_id, ns)) == cid:  # the head put again
+                    head = await view.get(_head_key(ns))
+                    if head is not None and head["id"] == cid:
+                        early = head["w"]
             await view.put_many({_row_key(ns, cid): row,
                                  _head_key(ns): {"id": cid, "w": early}},
                                 tier=self.tier, ttl=self.ttl)
+            self._heads[(thread_id, ns)] = cid
+            self._heads.move_to_end((thread_id, ns))
+            if len(self._heads) > _EARLY_MAX:
+                self._heads.popitem(last=False)
         await self._index(thread_id, run_id)
         return _config(thread_id, ns, cid)
 
